@@ -1,0 +1,154 @@
+//! Taking deltas: what every series recorded since the previous take.
+//!
+//! Cells are cumulative and only their recording threads write them. A take
+//! reads each series' cumulative value and subtracts the value it read last
+//! time, then remembers the new one. A racing update lands either before the
+//! read (in this delta) or after it (in the next), never in both and never in
+//! neither, so the sum of all deltas equals the sum of all updates, exactly.
+
+use crate::hot::histogram::set_bucket_extremes;
+use crate::key::SeriesKey;
+use crate::registry::Registry;
+use crate::sketch::Sketch;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// A counter's increase since the previous take.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CounterDelta {
+    /// The series.
+    pub key: Arc<SeriesKey>,
+    /// Increase (u64, wrapping arithmetic on the cumulative cells).
+    pub delta: u64,
+}
+
+/// A gauge's current value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GaugeValue {
+    /// The series.
+    pub key: Arc<SeriesKey>,
+    /// Last value set.
+    pub value: f64,
+}
+
+/// A histogram's samples since the previous take, as a sketch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramDelta {
+    /// The series.
+    pub key: Arc<SeriesKey>,
+    /// Sketch of the new samples only.
+    pub sketch: Sketch,
+}
+
+/// Deltas of every series that changed since the previous take, and the
+/// current value of every gauge.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Deltas {
+    /// Counters that increased.
+    pub counters: Vec<CounterDelta>,
+    /// Every gauge.
+    pub gauges: Vec<GaugeValue>,
+    /// Histograms that recorded samples.
+    pub histograms: Vec<HistogramDelta>,
+}
+
+impl Deltas {
+    /// True if no counter increased, no histogram recorded and no gauge exists.
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty() && self.gauges.is_empty() && self.histograms.is_empty()
+    }
+
+    /// Number of series-updates carried (one per series in the batch).
+    pub fn series_updates(&self) -> usize {
+        self.counters.len() + self.gauges.len() + self.histograms.len()
+    }
+
+    /// Delta of a counter by canonical id (`name{k="v"}`).
+    pub fn counter(&self, canonical: &str) -> Option<u64> {
+        self.counters.iter().find(|c| c.key.canonical() == canonical).map(|c| c.delta)
+    }
+
+    /// Value of a gauge by canonical id.
+    pub fn gauge(&self, canonical: &str) -> Option<f64> {
+        self.gauges.iter().find(|g| g.key.canonical() == canonical).map(|g| g.value)
+    }
+
+    /// Sketch of a histogram by canonical id.
+    pub fn histogram(&self, canonical: &str) -> Option<&Sketch> {
+        self.histograms.iter().find(|h| h.key.canonical() == canonical).map(|h| &h.sketch)
+    }
+
+    /// Folds `newer` into `self`: counters add, sketches merge, gauges take
+    /// the newer value. Used to carry unacknowledged deltas into the next batch.
+    pub fn absorb(&mut self, newer: Deltas) {
+        let mut counters: HashMap<u64, usize> = HashMap::new();
+        for (i, c) in self.counters.iter().enumerate() {
+            counters.insert(c.key.id(), i);
+        }
+        for c in newer.counters {
+            match counters.get(&c.key.id()).copied().filter(|&i| self.counters[i].key == c.key) {
+                Some(i) => self.counters[i].delta = self.counters[i].delta.wrapping_add(c.delta),
+                None => {
+                    counters.insert(c.key.id(), self.counters.len());
+                    self.counters.push(c);
+                }
+            }
+        }
+        let mut gauges: HashMap<u64, usize> = HashMap::new();
+        for (i, g) in self.gauges.iter().enumerate() {
+            gauges.insert(g.key.id(), i);
+        }
+        for g in newer.gauges {
+            match gauges.get(&g.key.id()).copied().filter(|&i| self.gauges[i].key == g.key) {
+                Some(i) => self.gauges[i].value = g.value,
+                None => {
+                    gauges.insert(g.key.id(), self.gauges.len());
+                    self.gauges.push(g);
+                }
+            }
+        }
+        let mut histograms: HashMap<u64, usize> = HashMap::new();
+        for (i, h) in self.histograms.iter().enumerate() {
+            histograms.insert(h.key.id(), i);
+        }
+        for h in newer.histograms {
+            match histograms.get(&h.key.id()).copied().filter(|&i| self.histograms[i].key == h.key) {
+                Some(i) => self.histograms[i].sketch.merge(&h.sketch),
+                None => {
+                    histograms.insert(h.key.id(), self.histograms.len());
+                    self.histograms.push(h);
+                }
+            }
+        }
+    }
+}
+
+/// Takes the deltas of every series. The caller serialises takes.
+pub(crate) fn take(registry: &Registry) -> Deltas {
+    let mut deltas = Deltas::default();
+    for series in registry.counters.all() {
+        let now = series.cells.read();
+        let before = series.last_taken.swap(now, Relaxed);
+        let delta = now.wrapping_sub(before);
+        if delta != 0 {
+            deltas.counters.push(CounterDelta { key: series.key.clone(), delta });
+        }
+    }
+    for series in registry.gauges.all() {
+        deltas.gauges.push(GaugeValue { key: series.key.clone(), value: series.cell.read() });
+    }
+    for series in registry.histograms.all() {
+        let now = series.cells.read();
+        let mut last = series.last_taken.lock();
+        if now.count() == last.count() && now.sum() == last.sum() {
+            continue;
+        }
+        let mut delta = now.checked_sub(&last).unwrap_or_else(|| now.clone());
+        set_bucket_extremes(&mut delta);
+        delta.trim();
+        *last = now;
+        deltas.histograms.push(HistogramDelta { key: series.key.clone(), sketch: delta });
+    }
+    deltas
+}

@@ -1,0 +1,138 @@
+//! Prometheus text exposition (format 0.0.4) of cumulative values.
+//!
+//! Shared by the SDK (`Shoal::render_prometheus`, the instance's own view) and
+//! the collector (cluster rollups), so both write names, labels, escapes and
+//! numbers the same way.
+
+use std::fmt::Write;
+
+/// Quantiles rendered for every histogram (as a Prometheus summary).
+pub const SUMMARY_QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// Rewrites a metric name into the Prometheus charset `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+pub fn sanitize_metric_name(name: &str) -> String {
+    sanitize(name, true)
+}
+
+/// Rewrites a label name into `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn sanitize_label_name(name: &str) -> String {
+    sanitize(name, false)
+}
+
+fn sanitize(name: &str, colons: bool) -> String {
+    let mut out = String::with_capacity(name.len().max(1));
+    for (i, c) in name.chars().enumerate() {
+        let ok = c.is_ascii_alphabetic() || c == '_' || (colons && c == ':') || (i > 0 && c.is_ascii_digit());
+        out.push(if ok { c } else { '_' });
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
+}
+
+/// Escapes `# HELP` text (`\\` and newlines).
+pub fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Formats a float the way Prometheus parses it.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        let mut s = format!("{v}");
+        if s == "-0" {
+            s = "0".into();
+        }
+        s
+    }
+}
+
+/// Writes a text exposition, one metric family at a time.
+#[derive(Default)]
+pub struct TextWriter {
+    out: String,
+}
+
+impl TextWriter {
+    /// Starts a family: `# HELP` (always present, for linters) and `# TYPE`.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// Writes one sample line. `extra` is appended after the series labels
+    /// (e.g. `quantile`).
+    pub fn sample(&mut self, name: &str, labels: &[(String, String)], extra: Option<(&str, &str)>, value: &str) {
+        self.out.push_str(name);
+        if !labels.is_empty() || extra.is_some() {
+            self.out.push('{');
+            let mut first = true;
+            for (k, v) in labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(extra) {
+                if !first {
+                    self.out.push(',');
+                }
+                first = false;
+                self.out.push_str(&sanitize_label_name(k));
+                self.out.push_str("=\"");
+                crate::key::escape_label_value(&mut self.out, v);
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        self.out.push(' ');
+        self.out.push_str(value);
+        self.out.push('\n');
+    }
+
+    /// The text written so far.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// Help text for a described metric: description plus unit.
+pub fn help_text(description: Option<&str>, unit: Option<&str>, fallback: &str) -> String {
+    let text = description.filter(|d| !d.is_empty()).unwrap_or(fallback);
+    match unit {
+        Some(u) if !u.is_empty() => format!("{text} (unit: {u})"),
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(sanitize_metric_name("http.requests-total"), "http_requests_total");
+        assert_eq!(sanitize_metric_name("9lives"), "_lives");
+        assert_eq!(sanitize_metric_name("a:b"), "a:b");
+        assert_eq!(sanitize_label_name("a:b"), "a_b");
+        assert_eq!(sanitize_label_name(""), "_");
+    }
+
+    #[test]
+    fn sample_lines_escape_values() {
+        let mut w = TextWriter::default();
+        w.family("m", "counter", "line1\nline2");
+        w.sample("m", &[("path".into(), "a\"b".into())], Some(("quantile", "0.5")), "1");
+        let text = w.finish();
+        assert!(text.contains("# HELP m line1\\nline2\n"));
+        assert!(text.contains("m{path=\"a\\\"b\",quantile=\"0.5\"} 1\n"));
+    }
+
+    #[test]
+    fn values_use_prometheus_spelling() {
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(-0.0), "0");
+        assert_eq!(format_value(1e-7), "0.0000001");
+        assert_eq!(format_value(12.5), "12.5");
+    }
+}

@@ -1,0 +1,236 @@
+//! Histogram cells: per stripe, a sparse two-level table of bucket pages at the
+//! sketch's scale, folded into a [`Sketch`] by readers.
+//!
+//! Bucket index `i` is shifted to a non-negative position `p = i - lowest`;
+//! `p >> 12` picks a directory, `(p >> 6) & 63` a page in it and `p & 63` the
+//! cell. Directories and pages are allocated the first time a slot touches
+//! them (see the invariant in [`crate::hot`]) and installed with a
+//! compare-exchange, so the shared stripe's concurrent writers agree on one.
+
+use super::{add_f64, bump, slot};
+use crate::sketch::{mapping, mapping_for, Mapping, Sketch, ZERO_THRESHOLD};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::{Acquire, AcqRel, Relaxed}};
+
+const PAGE: usize = 64;
+const DIRECTORY: usize = 64;
+
+struct Page([AtomicU64; PAGE]);
+struct Directory([AtomicPtr<Page>; DIRECTORY]);
+
+/// One slot's cells of one histogram series.
+#[repr(align(64))]
+struct Stripe {
+    sum: AtomicU64,
+    zero: AtomicU64,
+    positive: Box<[AtomicPtr<Directory>]>,
+    negative: Box<[AtomicPtr<Directory>]>,
+}
+
+/// Cells of one histogram series.
+pub struct HistogramCells {
+    mapping: &'static Mapping,
+    lowest: i32,
+    stripes: Box<[Stripe]>,
+}
+
+fn new_page() -> *mut Page {
+    Box::into_raw(Box::new(Page(std::array::from_fn(|_| AtomicU64::new(0)))))
+}
+
+fn new_directory() -> *mut Directory {
+    Box::into_raw(Box::new(Directory(std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())))))
+}
+
+/// Loads a pointer, installing a fresh allocation if it is null.
+#[inline(always)]
+fn get_or_install<T>(cell: &AtomicPtr<T>, make: fn() -> *mut T) -> &T {
+    let p = cell.load(Acquire);
+    if !p.is_null() {
+        // SAFETY: non-null pointers in the table come from Box::into_raw and
+        // are only freed when the whole HistogramCells is dropped.
+        return unsafe { &*p };
+    }
+    install(cell, make)
+}
+
+#[cold]
+#[inline(never)]
+fn install<T>(cell: &AtomicPtr<T>, make: fn() -> *mut T) -> &T {
+    let fresh = make();
+    match cell.compare_exchange(ptr::null_mut(), fresh, AcqRel, Acquire) {
+        // SAFETY: as above; `fresh` now belongs to the table.
+        Ok(_) => unsafe { &*fresh },
+        Err(existing) => {
+            // SAFETY: `fresh` was never shared; `existing` belongs to the table.
+            unsafe {
+                drop(Box::from_raw(fresh));
+                &*existing
+            }
+        }
+    }
+}
+
+impl HistogramCells {
+    /// Empty cells at `scale` (0..=MAX_SCALE).
+    pub fn new(scale: i32) -> HistogramCells {
+        let (lowest, highest) = mapping::index_range(scale);
+        let positions = (highest - lowest) as usize + 1;
+        let directories = positions.div_ceil(PAGE * DIRECTORY);
+        let table = || (0..directories).map(|_| AtomicPtr::new(ptr::null_mut())).collect::<Box<[_]>>();
+        let stripes = (0..slot::stripes())
+            .map(|_| Stripe { sum: AtomicU64::new(0), zero: AtomicU64::new(0), positive: table(), negative: table() })
+            .collect();
+        HistogramCells { mapping: mapping_for(scale), lowest, stripes }
+    }
+
+    /// Records `n` samples of a finite `value`. Hot path: see [`crate::hot`].
+    /// The caller has rejected NaN and infinities.
+    #[inline(always)]
+    pub fn record(&self, value: f64, n: u64) {
+        let slot = slot::current();
+        let owned = slot.is_owned();
+        let stripe = &self.stripes[slot.index()];
+        let magnitude = value.abs();
+        if magnitude < ZERO_THRESHOLD {
+            bump(&stripe.zero, n, owned);
+        } else {
+            let position = (self.mapping.index(magnitude) - self.lowest) as usize;
+            let table = if value < 0.0 { &stripe.negative } else { &stripe.positive };
+            let directory = get_or_install(&table[position / (PAGE * DIRECTORY)], new_directory);
+            let page = get_or_install(&directory.0[(position / PAGE) % DIRECTORY], new_page);
+            bump(&page.0[position % PAGE], n, owned);
+        }
+        add_f64(&stripe.sum, value * n as f64, owned);
+    }
+
+    /// The cumulative sketch of everything recorded so far. Minimum and
+    /// maximum are the representatives of the outermost buckets (within the
+    /// sketch's error bound).
+    pub fn read(&self) -> Sketch {
+        let scale = self.mapping.scale();
+        let mut sketch = Sketch::with_scale(scale);
+        for stripe in self.stripes.iter() {
+            sketch.add_zero(stripe.zero.load(Relaxed));
+            sketch.add_sum(f64::from_bits(stripe.sum.load(Relaxed)));
+            for (sign, table) in [(1i8, &stripe.positive), (-1i8, &stripe.negative)] {
+                for (d, dir) in table.iter().enumerate() {
+                    let dir = dir.load(Acquire);
+                    if dir.is_null() {
+                        continue;
+                    }
+                    // SAFETY: see get_or_install.
+                    let dir = unsafe { &*dir };
+                    for (p, page) in dir.0.iter().enumerate() {
+                        let page = page.load(Acquire);
+                        if page.is_null() {
+                            continue;
+                        }
+                        // SAFETY: see get_or_install.
+                        let page = unsafe { &*page };
+                        for (c, cell) in page.0.iter().enumerate() {
+                            let n = cell.load(Relaxed);
+                            if n > 0 {
+                                let position = (d * DIRECTORY + p) * PAGE + c;
+                                sketch.add_bucket(sign, self.lowest + position as i32, n);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        set_bucket_extremes(&mut sketch);
+        sketch
+    }
+
+    /// Bytes held by the cells (tables, directories and pages).
+    pub fn memory_bytes(&self) -> usize {
+        let mut bytes = std::mem::size_of::<Self>() + self.stripes.len() * std::mem::size_of::<Stripe>();
+        for stripe in self.stripes.iter() {
+            for table in [&stripe.positive, &stripe.negative] {
+                bytes += table.len() * std::mem::size_of::<AtomicPtr<Directory>>();
+                for dir in table.iter() {
+                    let dir = dir.load(Acquire);
+                    if dir.is_null() {
+                        continue;
+                    }
+                    bytes += std::mem::size_of::<Directory>();
+                    // SAFETY: see get_or_install.
+                    let dir = unsafe { &*dir };
+                    bytes += dir.0.iter().filter(|p| !p.load(Acquire).is_null()).count() * std::mem::size_of::<Page>();
+                }
+            }
+        }
+        bytes
+    }
+}
+
+/// Sets min/max from the outermost non-empty buckets.
+pub(crate) fn set_bucket_extremes(sketch: &mut Sketch) {
+    if sketch.is_empty() {
+        return;
+    }
+    let scale = sketch.scale();
+    let rep = |i| mapping::bucket_representative(scale, i);
+    let min = if let Some((i, _)) = sketch.negative().iter().next_back() {
+        -rep(i)
+    } else if sketch.zero_count() > 0 {
+        0.0
+    } else {
+        sketch.positive().iter().next().map(|(i, _)| rep(i)).unwrap_or(0.0)
+    };
+    let max = if let Some((i, _)) = sketch.positive().iter().next_back() {
+        rep(i)
+    } else if sketch.zero_count() > 0 {
+        0.0
+    } else {
+        sketch.negative().iter().next().map(|(i, _)| -rep(i)).unwrap_or(0.0)
+    };
+    sketch.set_extremes(min, max);
+}
+
+impl Drop for HistogramCells {
+    fn drop(&mut self) {
+        for stripe in self.stripes.iter() {
+            for table in [&stripe.positive, &stripe.negative] {
+                for dir in table.iter() {
+                    let dir = dir.swap(ptr::null_mut(), Acquire);
+                    if dir.is_null() {
+                        continue;
+                    }
+                    // SAFETY: we have &mut self; nobody else can reach the table.
+                    let dir = unsafe { Box::from_raw(dir) };
+                    for page in dir.0.iter() {
+                        let page = page.swap(ptr::null_mut(), Acquire);
+                        if !page.is_null() {
+                            // SAFETY: as above.
+                            drop(unsafe { Box::from_raw(page) });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_cells_equal_a_sketch_of_the_same_values() {
+        let cells = HistogramCells::new(6);
+        let mut reference = Sketch::with_scale(6);
+        let values = [0.0, 1e-9, 3.5, -2.25, 1e300, -1e-300, 42.0, 42.0, 1e-7];
+        for v in values {
+            cells.record(v, 3);
+            reference.record_many(v, 3).unwrap();
+        }
+        let folded = cells.read();
+        assert_eq!(folded.positive(), reference.positive());
+        assert_eq!(folded.negative(), reference.negative());
+        assert_eq!(folded.zero_count(), reference.zero_count());
+        assert_eq!(folded.count(), reference.count());
+        assert!((folded.sum() - reference.sum()).abs() <= 1e-12 * reference.sum().abs());
+    }
+}

@@ -1,0 +1,279 @@
+//! The series registry: from a `metrics::Key` (or a name and labels) to the
+//! cells of its series, with the per-name cardinality limit.
+//!
+//! Registration is off the hot path: handles are resolved once and then
+//! recorded through directly. The `metrics` macros resolve on every call, so
+//! the lookup is made cheap: a read-locked map keyed by the facade's own
+//! `Key` whose hash is precomputed (often at compile time), then an `Arc`
+//! clone. Only a miss canonicalises the labels and takes the write path.
+
+use crate::hot::counter::{CounterArena, CounterCells};
+use crate::hot::gauge::GaugeCell;
+use crate::hot::histogram::HistogramCells;
+use crate::key::SeriesKey;
+use crate::sketch::{Rejection, Sketch};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Label set on the series that collects the updates of a metric past its
+/// cardinality limit.
+pub const OVERFLOW_LABEL: (&str, &str) = ("shoal_overflow", "true");
+
+/// Pass-through hasher: `metrics::Key` hashes itself as one precomputed `u64`.
+#[derive(Default)]
+pub(crate) struct PrehashedKey(u64);
+
+impl Hasher for PrehashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Never used by metrics::Key; fold bytes in anyway for safety.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type FastMap<V> = HashMap<metrics::Key, V, BuildHasherDefault<PrehashedKey>>;
+
+/// What kind of metric a series is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Monotonic `u64` counter.
+    Counter,
+    /// Last-value `f64` gauge.
+    Gauge,
+    /// Distribution recorded into a sketch.
+    Histogram,
+}
+
+impl Kind {
+    /// Lower-case name, as in self-metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// A counter series.
+pub struct CounterSeries {
+    pub(crate) key: Arc<SeriesKey>,
+    /// Set on a metric's overflow series: every update is also counted there.
+    pub(crate) overflow: Option<Arc<SelfStats>>,
+    pub(crate) cells: CounterCells,
+    /// Cumulative value at the last delta take.
+    pub(crate) last_taken: AtomicU64,
+}
+
+/// A gauge series.
+pub struct GaugeSeries {
+    pub(crate) key: Arc<SeriesKey>,
+    pub(crate) stats: Arc<SelfStats>,
+    pub(crate) overflow: bool,
+    pub(crate) cell: GaugeCell,
+}
+
+/// A histogram series.
+pub struct HistogramSeries {
+    pub(crate) key: Arc<SeriesKey>,
+    pub(crate) stats: Arc<SelfStats>,
+    pub(crate) overflow: bool,
+    pub(crate) cells: HistogramCells,
+    /// Cumulative sketch at the last delta take.
+    pub(crate) last_taken: Mutex<Sketch>,
+}
+
+/// Counters the registry keeps about itself (exposed under `shoal_`).
+#[derive(Default)]
+pub struct SelfStats {
+    /// Values rejected by reason (NaN, infinite), all metrics together.
+    pub rejected_nan: AtomicU64,
+    /// See `rejected_nan`.
+    pub rejected_infinite: AtomicU64,
+    /// Updates that went to an overflow series.
+    pub overflowed_updates: AtomicU64,
+    /// Series keys that were refused a series of their own.
+    pub overflowed_series: AtomicU64,
+}
+
+impl SelfStats {
+    pub(crate) fn reject(&self, why: Rejection) {
+        match why {
+            Rejection::Nan => self.rejected_nan.fetch_add(1, Relaxed),
+            Rejection::Infinite => self.rejected_infinite.fetch_add(1, Relaxed),
+        };
+    }
+}
+
+/// The series of one kind.
+pub(crate) struct Family<S> {
+    /// Facade key -> series, for keys that got a series of their own.
+    fast: RwLock<FastMap<Arc<S>>>,
+    slow: Mutex<FamilyIndex<S>>,
+}
+
+struct FamilyIndex<S> {
+    by_canonical: HashMap<String, Arc<S>>,
+    series_per_name: HashMap<String, usize>,
+    overflow: HashMap<String, Arc<S>>,
+    /// Registration order, for deterministic iteration.
+    all: Vec<Arc<S>>,
+}
+
+impl<S> Default for Family<S> {
+    fn default() -> Self {
+        Family {
+            fast: RwLock::new(FastMap::default()),
+            slow: Mutex::new(FamilyIndex {
+                by_canonical: HashMap::new(),
+                series_per_name: HashMap::new(),
+                overflow: HashMap::new(),
+                all: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// Result of resolving a key: its own series, or the overflow series of its
+/// metric name.
+pub(crate) enum Resolved<S> {
+    Own(Arc<S>),
+    Overflow(Arc<S>),
+}
+
+impl<S> Family<S> {
+    /// Resolves a facade key. `make` builds a new series for a canonical key.
+    pub(crate) fn resolve(&self, key: &metrics::Key, limit: usize, stats: &SelfStats, make: impl FnMut(SeriesKey, bool) -> S) -> Resolved<S> {
+        if let Some(s) = self.fast.read().get(key) {
+            return Resolved::Own(s.clone());
+        }
+        let resolved = self.resolve_key(SeriesKey::from_metrics(key), limit, stats, make);
+        if let Resolved::Own(s) = &resolved {
+            // Only keys with their own series are cached, so hostile label
+            // values past the limit never grow this map.
+            self.fast.write().insert(key.clone(), s.clone());
+        }
+        resolved
+    }
+
+    /// Resolves a canonical key (shoal's own handle API).
+    pub(crate) fn resolve_key(&self, key: SeriesKey, limit: usize, stats: &SelfStats, mut make: impl FnMut(SeriesKey, bool) -> S) -> Resolved<S> {
+        let mut index = self.slow.lock();
+        if let Some(s) = index.by_canonical.get(key.canonical()) {
+            return Resolved::Own(s.clone());
+        }
+        let used = index.series_per_name.get(key.name()).copied().unwrap_or(0);
+        if used >= limit {
+            stats.overflowed_series.fetch_add(1, Relaxed);
+            if let Some(s) = index.overflow.get(key.name()) {
+                return Resolved::Overflow(s.clone());
+            }
+            let overflow = Arc::new(make(SeriesKey::new(key.name(), [OVERFLOW_LABEL]), true));
+            index.overflow.insert(key.name().to_string(), overflow.clone());
+            index.all.push(overflow.clone());
+            return Resolved::Overflow(overflow);
+        }
+        let name = key.name().to_string();
+        let canonical = key.canonical().to_string();
+        let series = Arc::new(make(key, false));
+        *index.series_per_name.entry(name).or_insert(0) += 1;
+        index.by_canonical.insert(canonical, series.clone());
+        index.all.push(series.clone());
+        Resolved::Own(series)
+    }
+
+    /// Every series, in registration order.
+    pub(crate) fn all(&self) -> Vec<Arc<S>> {
+        self.slow.lock().all.clone()
+    }
+
+    /// Number of series (overflow series included).
+    pub(crate) fn len(&self) -> usize {
+        self.slow.lock().all.len()
+    }
+}
+
+/// Unit and description given through `describe_*`.
+#[derive(Clone, Debug, Default)]
+pub struct Description {
+    /// Unit, if any.
+    pub unit: Option<metrics::Unit>,
+    /// Help text.
+    pub text: String,
+}
+
+/// All series of one `Shoal`.
+pub(crate) struct Registry {
+    pub(crate) cardinality_limit: usize,
+    pub(crate) scale: i32,
+    pub(crate) counters: Family<CounterSeries>,
+    pub(crate) gauges: Family<GaugeSeries>,
+    pub(crate) histograms: Family<HistogramSeries>,
+    pub(crate) descriptions: RwLock<HashMap<String, Description>>,
+    pub(crate) stats: Arc<SelfStats>,
+    counter_arena: Mutex<CounterArena>,
+}
+
+impl Registry {
+    pub(crate) fn new(cardinality_limit: usize, scale: i32) -> Registry {
+        Registry {
+            cardinality_limit,
+            scale,
+            counters: Family::default(),
+            gauges: Family::default(),
+            histograms: Family::default(),
+            descriptions: RwLock::new(HashMap::new()),
+            stats: Arc::new(SelfStats::default()),
+            counter_arena: Mutex::new(CounterArena::default()),
+        }
+    }
+
+    pub(crate) fn new_counter(&self, key: SeriesKey, overflow: bool) -> CounterSeries {
+        CounterSeries {
+            key: Arc::new(key),
+            overflow: overflow.then(|| self.stats.clone()),
+            cells: self.counter_arena.lock().allocate(), last_taken: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn new_gauge(&self, key: SeriesKey, overflow: bool) -> GaugeSeries {
+        GaugeSeries { key: Arc::new(key), stats: self.stats.clone(), overflow, cell: GaugeCell::default() }
+    }
+
+    pub(crate) fn new_histogram(&self, key: SeriesKey, overflow: bool) -> HistogramSeries {
+        HistogramSeries {
+            key: Arc::new(key),
+            stats: self.stats.clone(),
+            overflow,
+            cells: HistogramCells::new(self.scale),
+            last_taken: Mutex::new(Sketch::with_scale(self.scale)),
+        }
+    }
+
+    pub(crate) fn describe(&self, name: &str, unit: Option<metrics::Unit>, text: &str) {
+        self.descriptions.write().insert(name.to_string(), Description { unit, text: text.to_string() });
+    }
+
+    /// Number of series of each kind.
+    pub(crate) fn series_counts(&self) -> [(Kind, usize); 3] {
+        [(Kind::Counter, self.counters.len()), (Kind::Gauge, self.gauges.len()), (Kind::Histogram, self.histograms.len())]
+    }
+}
+
+impl<S> Resolved<S> {
+    pub(crate) fn into_series(self) -> Arc<S> {
+        match self {
+            Resolved::Own(s) | Resolved::Overflow(s) => s,
+        }
+    }
+}

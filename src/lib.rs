@@ -1,0 +1,1 @@
+//! shoal-suite: end-to-end tests, examples and benches.

@@ -47,6 +47,7 @@ pub mod exposition;
 mod flusher;
 mod handles;
 pub mod hot;
+pub mod instrument;
 pub mod key;
 pub mod registry;
 mod shoal;
@@ -62,9 +63,15 @@ pub use crate::key::SeriesKey;
 pub use crate::shoal::{write_summary, Identity, Shoal, ShoalBuilder, DEFAULT_CARDINALITY_LIMIT, DEFAULT_FLUSH_INTERVAL};
 pub use crate::sketch::Sketch;
 pub use crate::timer::Timer;
+pub use shoal_macros::{timed, LabelSet, Metrics};
 
 /// Re-exports used by shoal's macros; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::instrument::{
+        base_labels, call_labels, call_once, checked_product, describe, timed_future, Callsite, LabelSet, Metric, MetricKind, PlainOutcome,
+        Probe, RecorderMetric, ResultOutcome,
+    };
+    pub use crate::Shoal;
     pub use metrics;
 }

@@ -225,6 +225,11 @@ impl Shoal {
         self.inner.registry.histograms.all().into_iter().find(|s| s.key.canonical() == canonical).map(|s| s.cells.read())
     }
 
+    /// Bytes held by the hot-path cells of a histogram series (all stripes).
+    pub fn histogram_memory_bytes(&self, canonical: &str) -> Option<usize> {
+        self.inner.registry.histograms.all().into_iter().find(|s| s.key.canonical() == canonical).map(|s| s.cells.memory_bytes())
+    }
+
     /// The cumulative value of a counter series, by canonical id.
     pub fn counter_value(&self, canonical: &str) -> Option<u64> {
         self.inner.registry.counters.all().into_iter().find(|s| s.key.canonical() == canonical).map(|s| s.cells.read())

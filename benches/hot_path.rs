@@ -109,7 +109,8 @@ fn peers(c: &mut Criterion) {
     let mut g = c.benchmark_group("prometheus_client");
     let counter: prometheus_client::metrics::counter::Counter = Default::default();
     g.bench_function("counter_handle", |b| b.iter(|| counter.inc_by(black_box(1))));
-    let hist = prometheus_client::metrics::histogram::Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 20));
+    let hist =
+        prometheus_client::metrics::histogram::Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 20));
     g.bench_function("histogram_record", |b| {
         b.iter(|| {
             i = (i + 1) & 1023;
@@ -146,9 +147,13 @@ fn two_threads(c: &mut Criterion) {
     g.bench_function("atomic_fetch_add", |b| {
         b.iter_custom(|iters| {
             let a = shared.clone();
-            per_op_parallel(2, iters, Arc::new(move |_| {
-                a.fetch_add(black_box(1), Relaxed);
-            }))
+            per_op_parallel(
+                2,
+                iters,
+                Arc::new(move |_| {
+                    a.fetch_add(black_box(1), Relaxed);
+                }),
+            )
         })
     });
     let shoal = Arc::new(shoal::Shoal::builder().build().unwrap());

@@ -1,1 +1,225 @@
+//! # shoal-collector
+//!
+//! Merges the deltas that a fleet of shoal SDK instances flushes over gRPC
+//! into cluster rollups (exact counter totals, cluster quantiles from merged
+//! sketches) and serves them to Prometheus on `/metrics`, with a JSON query
+//! API under `/api/v1/` and `/healthz`.
+//!
+//! Embed one (tests, the fleet demo) with [`Collector::start`]; the
+//! `shoal-collector` binary runs [`serve`] until SIGINT/SIGTERM.
+//!
+//! Code map: [`config`] (settings, TOML), [`validate`] (what a batch must
+//! satisfy), [`aggregate`] (the merge engine and its exactly-once rule),
+//! [`ingest`] (the gRPC service), `http` (exposition and queries), [`stats`]
+//! (self-metrics).
 
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod config;
+mod http;
+pub mod ingest;
+pub mod stats;
+pub mod validate;
+
+pub use crate::aggregate::Aggregator;
+pub use crate::config::{Config, GaugeRule};
+pub use crate::http::render;
+
+use parking_lot::Mutex;
+use shoal_proto::ingest_server::IngestServer;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Shared state of a running collector.
+#[derive(Clone)]
+pub struct Shared {
+    /// The rollups.
+    pub aggregator: Arc<Mutex<Aggregator>>,
+    /// Self-metrics.
+    pub stats: Arc<stats::Stats>,
+}
+
+impl Shared {
+    fn new(config: Config) -> Shared {
+        let stats = Arc::new(stats::Stats::default());
+        Shared { aggregator: Arc::new(Mutex::new(Aggregator::new(config, stats.clone()))), stats }
+    }
+}
+
+/// Binds both listeners and serves until `shutdown` completes, then drains
+/// in-flight requests. Runs on the caller's tokio runtime.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    config.validate()?;
+    let grpc =
+        tokio::net::TcpListener::bind(config.grpc_listen).await.map_err(|e| format!("cannot bind gRPC {}: {e}", config.grpc_listen))?;
+    let http =
+        tokio::net::TcpListener::bind(config.http_listen).await.map_err(|e| format!("cannot bind HTTP {}: {e}", config.http_listen))?;
+    tracing::info!(grpc = %config.grpc_listen, http = %config.http_listen, "shoal-collector listening");
+    serve_on(Shared::new(config), grpc, http, shutdown).await
+}
+
+async fn serve_on(
+    shared: Shared,
+    grpc: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let interval = shared.aggregator.lock().config().interval();
+    let service = ingest::IngestService { aggregator: shared.aggregator.clone(), stats: shared.stats.clone() };
+    let grpc_server =
+        tonic::transport::Server::builder().add_service(IngestServer::new(service).max_decoding_message_size(ingest::MAX_BATCH_BYTES));
+    let mut rx = stop_rx.clone();
+    let grpc_task = tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+        grpc_server
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| format!("gRPC server: {e}"))
+    });
+    let app = http::router(http::AppState { aggregator: shared.aggregator.clone(), stats: shared.stats.clone() });
+    let mut rx = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| format!("HTTP server: {e}"))
+    });
+    let aggregator = shared.aggregator.clone();
+    let mut rx = stop_rx.clone();
+    let maintenance = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => aggregator.lock().maintain(aggregate::unix_secs()),
+                _ = rx.wait_for(|s| *s) => return,
+            }
+        }
+    });
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    // Graceful drain, bounded: an HTTP/2 peer that is not polling its
+    // connection (an SDK between flushes) never completes the GOAWAY
+    // handshake, and must not keep the collector from stopping.
+    let grace = Duration::from_millis(shared.aggregator.lock().config().shutdown_grace_ms);
+    let grpc_result = finish_within(grpc_task, grace, "gRPC").await;
+    let http_result = finish_within(http_task, grace, "HTTP").await;
+    let _ = maintenance.await;
+    grpc_result.and(http_result)
+}
+
+async fn finish_within(task: tokio::task::JoinHandle<Result<(), String>>, grace: Duration, what: &str) -> Result<(), String> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(grace, task).await {
+        Ok(joined) => joined.map_err(|e| e.to_string())?,
+        Err(_) => {
+            tracing::info!("{what} connections still open after {grace:?}: closing them");
+            abort.abort();
+            Ok(())
+        }
+    }
+}
+
+/// A collector running on its own threads (its own tokio runtime), for
+/// embedding in tests and demos. Stops on [`Collector::shutdown`] or drop.
+pub struct Collector {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shared: Shared,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Collector {
+    /// Binds the configured addresses (port 0 picks a free port) and starts
+    /// serving in the background.
+    pub fn start(config: Config) -> Result<Collector, String> {
+        config.validate()?;
+        let grpc = std::net::TcpListener::bind(config.grpc_listen).map_err(|e| format!("cannot bind gRPC {}: {e}", config.grpc_listen))?;
+        let http = std::net::TcpListener::bind(config.http_listen).map_err(|e| format!("cannot bind HTTP {}: {e}", config.http_listen))?;
+        let (grpc_addr, http_addr) = (grpc.local_addr().map_err(|e| e.to_string())?, http.local_addr().map_err(|e| e.to_string())?);
+        grpc.set_nonblocking(true).map_err(|e| e.to_string())?;
+        http.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let shared = Shared::new(config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("shoal-collector")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("shoal-collector-main".into())
+            .spawn(move || {
+                let result = runtime.block_on(async move {
+                    let grpc = tokio::net::TcpListener::from_std(grpc).map_err(|e| e.to_string())?;
+                    let http = tokio::net::TcpListener::from_std(http).map_err(|e| e.to_string())?;
+                    serve_on(serving, grpc, http, async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                });
+                runtime.shutdown_timeout(Duration::from_secs(2));
+                result
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Collector { grpc_addr, http_addr, shared, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Address of the gRPC ingest listener.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// `http://ADDR` for `ShoalBuilder::collector`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Address of the HTTP listener.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The state (rollups and self-metrics).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The `/metrics` text, rendered in process.
+    pub fn render_metrics(&self) -> String {
+        let agg = self.shared.aggregator.lock();
+        render(&agg, &self.shared.stats)
+    }
+
+    /// Stops accepting, drains in-flight requests and waits for the threads.
+    pub fn shutdown(mut self) -> Result<(), String> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| "collector thread panicked".to_string())?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}

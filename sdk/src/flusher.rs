@@ -12,7 +12,7 @@
 
 use crate::delta::Deltas;
 use crate::error::Error;
-use crate::exposition::TextWriter;
+use crate::exposition::{sanitize_label_name, sanitize_metric_name, TextWriter};
 use crate::shoal::Inner;
 use crate::wire;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -65,7 +65,11 @@ impl FlusherStats {
             ("shoal_flush_batches_duplicate_total", &self.batches_duplicate, "Acknowledged batches the collector had already merged"),
             ("shoal_flush_batches_failed_total", &self.batches_failed, "Batch send attempts that failed; the batch is kept and resent"),
             ("shoal_flush_series_updates_sent_total", &self.series_updates_sent, "Series-updates in batch send attempts"),
-            ("shoal_flush_series_updates_acknowledged_total", &self.series_updates_acknowledged, "Series-updates acknowledged by the collector"),
+            (
+                "shoal_flush_series_updates_acknowledged_total",
+                &self.series_updates_acknowledged,
+                "Series-updates acknowledged by the collector",
+            ),
             ("shoal_flush_bytes_sent_total", &self.bytes_sent, "Encoded protobuf bytes sent"),
         ];
         for (name, value, help) in counters {
@@ -116,7 +120,8 @@ impl Flusher {
         let (tx, rx) = bounded(1);
         self.commands.send(make(tx)).map_err(|_| Error::ShutDown)?;
         // The flusher gives up at `timeout`; allow it a moment to answer.
-        rx.recv_timeout(self.timeout + Duration::from_secs(1)).unwrap_or_else(|_| Err(Error::Flush("the flusher did not answer in time".into())))
+        rx.recv_timeout(self.timeout + Duration::from_secs(1))
+            .unwrap_or_else(|_| Err(Error::Flush("the flusher did not answer in time".into())))
     }
 
     pub(crate) fn flush_now(&self) -> Result<(), Error> {
@@ -342,7 +347,17 @@ impl State {
         let mut define = |state: &mut State, key: &crate::key::SeriesKey| -> u32 {
             let (r, _) = state.ref_of(key.canonical());
             if !state.known.contains(&r) {
-                definitions.push(pb::SeriesDefinition { r#ref: r, name: key.name().to_string(), labels: wire::labels_to_proto(key.labels()) });
+                // The wire carries Prometheus-valid names (the collector refuses
+                // others); re-keying also drops keys that collide once sanitised.
+                let wire_key = crate::key::SeriesKey::new(
+                    sanitize_metric_name(key.name()),
+                    key.labels().iter().map(|(k, v)| (sanitize_label_name(k), v.clone())),
+                );
+                definitions.push(pb::SeriesDefinition {
+                    r#ref: r,
+                    name: wire_key.name().to_string(),
+                    labels: wire::labels_to_proto(wire_key.labels()),
+                });
             }
             refs.push(r);
             r

@@ -52,10 +52,8 @@ impl HistogramSeries {
         if self.overflow {
             self.stats.overflowed_updates.fetch_add(1, Relaxed);
         }
-        if value.is_finite() {
-            self.cells.record(value, n);
-        } else {
-            self.stats.reject(if value.is_nan() { Rejection::Nan } else { Rejection::Infinite });
+        if let Err(why) = self.cells.record(value, n) {
+            self.stats.reject(why);
         }
     }
 }

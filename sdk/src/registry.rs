@@ -153,7 +153,13 @@ pub(crate) enum Resolved<S> {
 
 impl<S> Family<S> {
     /// Resolves a facade key. `make` builds a new series for a canonical key.
-    pub(crate) fn resolve(&self, key: &metrics::Key, limit: usize, stats: &SelfStats, make: impl FnMut(SeriesKey, bool) -> S) -> Resolved<S> {
+    pub(crate) fn resolve(
+        &self,
+        key: &metrics::Key,
+        limit: usize,
+        stats: &SelfStats,
+        make: impl FnMut(SeriesKey, bool) -> S,
+    ) -> Resolved<S> {
         if let Some(s) = self.fast.read().get(key) {
             return Resolved::Own(s.clone());
         }
@@ -167,7 +173,13 @@ impl<S> Family<S> {
     }
 
     /// Resolves a canonical key (shoal's own handle API).
-    pub(crate) fn resolve_key(&self, key: SeriesKey, limit: usize, stats: &SelfStats, mut make: impl FnMut(SeriesKey, bool) -> S) -> Resolved<S> {
+    pub(crate) fn resolve_key(
+        &self,
+        key: SeriesKey,
+        limit: usize,
+        stats: &SelfStats,
+        mut make: impl FnMut(SeriesKey, bool) -> S,
+    ) -> Resolved<S> {
         let mut index = self.slow.lock();
         if let Some(s) = index.by_canonical.get(key.canonical()) {
             return Resolved::Own(s.clone());
@@ -242,7 +254,8 @@ impl Registry {
         CounterSeries {
             key: Arc::new(key),
             overflow: overflow.then(|| self.stats.clone()),
-            cells: self.counter_arena.lock().allocate(), last_taken: AtomicU64::new(0),
+            cells: self.counter_arena.lock().allocate(),
+            last_taken: AtomicU64::new(0),
         }
     }
 

@@ -133,8 +133,8 @@ impl ShoalBuilder {
             labels.push(("service".into(), service.clone()));
         }
         for (k, _) in &labels {
-            if k.is_empty() {
-                return Err(Error::InvalidConfig("instance label keys must not be empty".into()));
+            if k.is_empty() || crate::exposition::sanitize_label_name(k) != *k {
+                return Err(Error::InvalidConfig(format!("instance label key {k:?} must match [a-zA-Z_][a-zA-Z0-9_]*")));
             }
         }
         // Reuse SeriesKey's sort + dedup (last value wins).
@@ -375,17 +375,23 @@ macro_rules! forward_recorder {
             fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> metrics::Counter {
                 let $inner = self;
                 let reg = &$get.registry;
-                metrics::Counter::from_arc(reg.counters.resolve(key, reg.cardinality_limit, &reg.stats, |k, o| reg.new_counter(k, o)).into_series())
+                metrics::Counter::from_arc(
+                    reg.counters.resolve(key, reg.cardinality_limit, &reg.stats, |k, o| reg.new_counter(k, o)).into_series(),
+                )
             }
             fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> metrics::Gauge {
                 let $inner = self;
                 let reg = &$get.registry;
-                metrics::Gauge::from_arc(reg.gauges.resolve(key, reg.cardinality_limit, &reg.stats, |k, o| reg.new_gauge(k, o)).into_series())
+                metrics::Gauge::from_arc(
+                    reg.gauges.resolve(key, reg.cardinality_limit, &reg.stats, |k, o| reg.new_gauge(k, o)).into_series(),
+                )
             }
             fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> metrics::Histogram {
                 let $inner = self;
                 let reg = &$get.registry;
-                metrics::Histogram::from_arc(reg.histograms.resolve(key, reg.cardinality_limit, &reg.stats, |k, o| reg.new_histogram(k, o)).into_series())
+                metrics::Histogram::from_arc(
+                    reg.histograms.resolve(key, reg.cardinality_limit, &reg.stats, |k, o| reg.new_histogram(k, o)).into_series(),
+                )
             }
         }
     };

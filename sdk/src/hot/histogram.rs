@@ -8,9 +8,12 @@
 //! compare-exchange, so the shared stripe's concurrent writers agree on one.
 
 use super::{add_f64, bump, slot};
-use crate::sketch::{mapping, mapping_for, Mapping, Sketch, ZERO_THRESHOLD};
+use crate::sketch::{mapping, mapping_for, Mapping, Rejection, Sketch};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::{Acquire, AcqRel, Relaxed}};
+use std::sync::atomic::{
+    AtomicPtr, AtomicU64,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 
 const PAGE: usize = 64;
 const DIRECTORY: usize = 64;
@@ -30,9 +33,18 @@ struct Stripe {
 /// Cells of one histogram series.
 pub struct HistogramCells {
     mapping: &'static Mapping,
+    /// `lowest` index plus the exponent bias folded into `index_of_bits`.
+    position_base: i32,
     lowest: i32,
     stripes: Box<[Stripe]>,
 }
+
+/// Bits of `f64::MIN_POSITIVE` (the smallest normal) and of infinity: a
+/// magnitude whose bits are in `[MIN_NORMAL_BITS, INFINITY_BITS)` is finite,
+/// normal and non-zero, which one unsigned comparison checks.
+const MIN_NORMAL_BITS: u64 = 0x0010_0000_0000_0000;
+const INFINITY_BITS: u64 = 0x7ff0_0000_0000_0000;
+const SIGN_BIT: u64 = 1 << 63;
 
 fn new_page() -> *mut Page {
     Box::into_raw(Box::new(Page(std::array::from_fn(|_| AtomicU64::new(0)))))
@@ -81,27 +93,33 @@ impl HistogramCells {
         let stripes = (0..slot::stripes())
             .map(|_| Stripe { sum: AtomicU64::new(0), zero: AtomicU64::new(0), positive: table(), negative: table() })
             .collect();
-        HistogramCells { mapping: mapping_for(scale), lowest, stripes }
+        let position_base = lowest + (1023 << scale.max(0));
+        HistogramCells { mapping: mapping_for(scale), position_base, lowest, stripes }
     }
 
-    /// Records `n` samples of a finite `value`. Hot path: see [`crate::hot`].
-    /// The caller has rejected NaN and infinities.
+    /// Records `n` samples of `value`; NaN and infinities are refused
+    /// (nothing recorded). Hot path: see [`crate::hot`].
     #[inline(always)]
-    pub fn record(&self, value: f64, n: u64) {
+    pub fn record(&self, value: f64, n: u64) -> Result<(), Rejection> {
         let slot = slot::current();
         let owned = slot.is_owned();
         let stripe = &self.stripes[slot.index()];
-        let magnitude = value.abs();
-        if magnitude < ZERO_THRESHOLD {
-            bump(&stripe.zero, n, owned);
-        } else {
-            let position = (self.mapping.index(magnitude) - self.lowest) as usize;
-            let table = if value < 0.0 { &stripe.negative } else { &stripe.positive };
+        let bits = value.to_bits();
+        let magnitude = bits & !SIGN_BIT;
+        if magnitude.wrapping_sub(MIN_NORMAL_BITS) < INFINITY_BITS - MIN_NORMAL_BITS {
+            let position = (self.mapping.index_of_bits(magnitude) - self.position_base) as usize;
+            let table = if bits & SIGN_BIT != 0 { &stripe.negative } else { &stripe.positive };
             let directory = get_or_install(&table[position / (PAGE * DIRECTORY)], new_directory);
             let page = get_or_install(&directory.0[(position / PAGE) % DIRECTORY], new_page);
             bump(&page.0[position % PAGE], n, owned);
+        } else if magnitude < MIN_NORMAL_BITS {
+            // Zero and subnormals (below the zero threshold).
+            bump(&stripe.zero, n, owned);
+        } else {
+            return Err(if value.is_nan() { Rejection::Nan } else { Rejection::Infinite });
         }
         add_f64(&stripe.sum, value * n as f64, owned);
+        Ok(())
     }
 
     /// The cumulative sketch of everything recorded so far. Minimum and
@@ -223,7 +241,7 @@ mod tests {
         let mut reference = Sketch::with_scale(6);
         let values = [0.0, 1e-9, 3.5, -2.25, 1e300, -1e-300, 42.0, 42.0, 1e-7];
         for v in values {
-            cells.record(v, 3);
+            cells.record(v, 3).unwrap();
             reference.record_many(v, 3).unwrap();
         }
         let folded = cells.read();
@@ -232,5 +250,8 @@ mod tests {
         assert_eq!(folded.zero_count(), reference.zero_count());
         assert_eq!(folded.count(), reference.count());
         assert!((folded.sum() - reference.sum()).abs() <= 1e-12 * reference.sum().abs());
+        assert_eq!(cells.record(f64::NAN, 1), Err(Rejection::Nan));
+        assert_eq!(cells.record(f64::NEG_INFINITY, 1), Err(Rejection::Infinite));
+        assert_eq!(cells.read().count(), reference.count());
     }
 }

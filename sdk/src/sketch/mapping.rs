@@ -35,10 +35,9 @@ pub const ZERO_THRESHOLD: f64 = f64::MIN_POSITIVE;
 const MANTISSA_BITS: u32 = 52;
 const MANTISSA_MASK: u64 = (1 << MANTISSA_BITS) - 1;
 const EXPONENT_BIAS: i32 = 1023;
-/// Bits of the mantissa used to pick a slice of the lookup table. At scale 8
-/// the narrowest bucket spans 2^(1/256) - 1 > 2^-9 of the mantissa, so a slice
-/// of width 2^-10 contains at most one bucket boundary.
-const SLICE_BITS: u32 = 10;
+/// Low bits of a packed slice entry hold `k_below + 1` (0..=256); the rest
+/// the boundary offset (< 2^51).
+const K_BITS: u32 = 9;
 
 /// The relative error bound `(b - 1)/(b + 1)` of a scale.
 pub fn relative_error_of_scale(scale: i32) -> f64 {
@@ -57,16 +56,21 @@ pub fn scale_for_relative_error(relative_error: f64) -> Option<i32> {
 }
 
 /// Maps values to bucket indices at one scale. Built once per scale; `index`
-/// is a handful of integer operations and one table lookup (no `log`).
+/// is a handful of integer operations and one table load (no `log`).
+///
+/// For scale `s > 0` the mantissa range `[0, 2^52)` is cut into `2^(s+1)`
+/// equal slices. Sub-bucket boundaries `2^(k/2^s)` are at least
+/// `2^(1/2^s) - 1 > ln 2 / 2^s > 2^-(s+1)` apart, so a slice holds at most one
+/// boundary. Each slice stores, packed in one `u64`, the sub-bucket just
+/// below its boundary and the boundary's offset in the slice (or "none"):
+/// the sub-bucket of a mantissa is that one, plus one if it lies above the
+/// boundary. Buckets are upper-inclusive, so `m > boundary` is the test.
 #[derive(Debug)]
 pub struct Mapping {
     scale: i32,
-    /// For scale > 0: mantissa (as the 52-bit integer of `2^(k/2^s) - 1`) of the
-    /// lower boundary of sub-bucket `k`, for `k in 0..2^s`, plus a sentinel.
-    boundaries: Box<[u64]>,
-    /// For scale > 0: the sub-bucket whose lower boundary is the last one at or
-    /// below the start of each mantissa slice.
-    slice_start: Box<[u16]>,
+    /// `52 - (scale + 1)`: mantissa bits below the slice number.
+    slice_shift: u32,
+    slices: Box<[u64]>,
 }
 
 impl Mapping {
@@ -74,27 +78,29 @@ impl Mapping {
     pub fn new(scale: i32) -> Mapping {
         assert!((MIN_SCALE..=MAX_SCALE).contains(&scale), "scale {scale} out of range");
         if scale <= 0 {
-            return Mapping { scale, boundaries: Box::new([]), slice_start: Box::new([]) };
+            return Mapping { scale, slice_shift: 0, slices: Box::new([]) };
         }
         let n = 1usize << scale;
-        let mut boundaries = Vec::with_capacity(n + 1);
-        for k in 0..n {
-            // 2^(k/n) in [1, 2): its mantissa bits are the boundary.
-            let b = 2f64.powf(k as f64 / n as f64);
-            boundaries.push(b.to_bits() & MANTISSA_MASK);
-        }
-        boundaries.push(1 << MANTISSA_BITS); // sentinel: the next power of two
-        let slices = 1usize << SLICE_BITS;
-        let mut slice_start = Vec::with_capacity(slices);
-        let mut k = 0usize;
-        for slice in 0..slices {
-            let start = (slice as u64) << (MANTISSA_BITS - SLICE_BITS);
-            while boundaries[k + 1] <= start {
-                k += 1;
-            }
-            slice_start.push(k as u16);
-        }
-        Mapping { scale, boundaries: boundaries.into(), slice_start: slice_start.into() }
+        // Mantissa (52-bit integer of 2^(k/n) - 1) of each sub-bucket boundary.
+        let boundaries: Vec<u64> = (0..n).map(|k| 2f64.powf(k as f64 / n as f64).to_bits() & MANTISSA_MASK).collect();
+        let slice_bits = scale as u32 + 1;
+        let slice_shift = MANTISSA_BITS - slice_bits;
+        let slice_width = 1u64 << slice_shift;
+        let slices = (0..1u64 << slice_bits)
+            .map(|slice| {
+                let start = slice * slice_width;
+                let end = start + slice_width;
+                // Sub-bucket holding the first mantissa of the slice: the last k
+                // with boundary[k] < start (upper-inclusive), -1 below boundary 0.
+                let below = boundaries.iter().rposition(|&b| b < start).map_or(-1, |k| k as i64);
+                match boundaries.iter().position(|&b| b >= start && b < end) {
+                    // m <= b stays in `below`; m > b moves up one.
+                    Some(k) => pack(k as i64 - 1, boundaries[k] - start),
+                    None => pack(below, slice_width),
+                }
+            })
+            .collect();
+        Mapping { scale, slice_shift, slices }
     }
 
     /// The scale of this mapping.
@@ -108,38 +114,35 @@ impl Mapping {
     #[inline]
     pub fn index(&self, v: f64) -> i32 {
         debug_assert!(v.is_finite() && v >= ZERO_THRESHOLD);
-        let bits = v.to_bits();
-        let exponent = ((bits >> MANTISSA_BITS) & 0x7ff) as i32 - EXPONENT_BIAS;
+        self.index_of_bits(v.to_bits()) - (EXPONENT_BIAS << self.scale.max(0))
+    }
+
+    /// `index + (1023 << scale)` for the bits of a positive normal value (for
+    /// scale > 0): what the hot path uses, with the bias folded into its
+    /// offset.
+    #[inline(always)]
+    pub fn index_of_bits(&self, bits: u64) -> i32 {
+        let biased_exponent = (bits >> MANTISSA_BITS) as i32;
         let mantissa = bits & MANTISSA_MASK;
         if self.scale <= 0 {
             // An exact power of two is the inclusive upper end of the bucket below.
-            let e = if mantissa == 0 { exponent - 1 } else { exponent };
-            return e >> -self.scale;
+            let e = biased_exponent - EXPONENT_BIAS - (mantissa == 0) as i32;
+            return (e >> -self.scale) + EXPONENT_BIAS;
         }
-        let k = if mantissa == 0 {
-            // Exactly 2^exponent: last sub-bucket of the octave below.
-            return (exponent << self.scale) - 1;
-        } else {
-            let slice = (mantissa >> (MANTISSA_BITS - SLICE_BITS)) as usize;
-            // SAFETY-free indexing: slice < 2^SLICE_BITS by construction.
-            let k = self.slice_start[slice] as usize;
-            // Sub-bucket k holds mantissas in (boundary[k], boundary[k+1]].
-            // The slice holds at most one boundary, so at most one step.
-            let k = if mantissa > self.boundaries[k + 1] { k + 1 } else { k };
-            // mantissa == boundary[k] belongs to the sub-bucket below.
-            if mantissa <= self.boundaries[k] {
-                k as i32 - 1
-            } else {
-                k as i32
-            }
-        };
-        (exponent << self.scale) + k
+        let entry = self.slices[(mantissa >> self.slice_shift) as usize];
+        let in_slice = mantissa & ((1u64 << self.slice_shift) - 1);
+        let k = (entry & ((1 << K_BITS) - 1)) as i32 - 1 + (in_slice > entry >> K_BITS) as i32;
+        (biased_exponent << self.scale) + k
     }
 
     /// Lower (exclusive) boundary of bucket `index`.
     pub fn lower_boundary(&self, index: i32) -> f64 {
         bucket_lower_boundary(self.scale, index)
     }
+}
+
+fn pack(k_below: i64, offset: u64) -> u64 {
+    (offset << K_BITS) | (k_below + 1) as u64
 }
 
 /// Lower (exclusive) boundary `b^index` of a bucket at `scale`.

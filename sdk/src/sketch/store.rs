@@ -44,7 +44,12 @@ impl Counts {
     }
 
     fn get(&self, i: usize) -> u64 {
-        each_width!(self, v => v[i] as u64)
+        match self {
+            Counts::U8(v) => v[i].into(),
+            Counts::U16(v) => v[i].into(),
+            Counts::U32(v) => v[i].into(),
+            Counts::U64(v) => v[i],
+        }
     }
 
     fn max_of_width(&self) -> u64 {
@@ -158,9 +163,7 @@ impl BucketStore {
 
     /// `(index, count)` of every non-empty bucket, ascending.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (i32, u64)> + '_ {
-        (0..self.counts.len())
-            .map(move |i| (self.offset + i as i32, self.counts.get(i)))
-            .filter(|&(_, c)| c > 0)
+        (0..self.counts.len()).map(move |i| (self.offset + i as i32, self.counts.get(i))).filter(|&(_, c)| c > 0)
     }
 
     /// Adds `n` to bucket `index`, growing the range and widening as needed.

@@ -27,11 +27,7 @@ fn assert_within_bound(sketch: &Sketch, samples: &[f64]) {
     for q in QUANTILES {
         let exact = exact_quantile(&sorted, q);
         let got = sketch.quantile(q).unwrap();
-        assert!(
-            relative_error(got, exact) <= bound,
-            "q {q}: sketch {got} exact {exact} err {} bound {bound}",
-            relative_error(got, exact)
-        );
+        assert!(relative_error(got, exact) <= bound, "q {q}: sketch {got} exact {exact} err {} bound {bound}", relative_error(got, exact));
     }
 }
 

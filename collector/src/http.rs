@@ -1,0 +1,161 @@
+//! HTTP: `/metrics` (Prometheus text exposition of the cluster rollups),
+//! `/healthz`, and the JSON query API under `/api/v1/`.
+
+use crate::aggregate::{unix_secs, Aggregator, Kind, Point};
+use crate::stats::Stats;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shoal::exposition::{format_value, sanitize_metric_name, TextWriter};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) aggregator: Arc<Mutex<Aggregator>>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/series", get(series))
+        .route("/api/v1/query", get(query))
+        .with_state(state)
+}
+
+/// Renders the cluster rollups and the collector's self-metrics.
+pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
+    let now = unix_secs();
+    let views = aggregator.views(now);
+    let quantiles = aggregator.config().quantiles.clone();
+    let mut families: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for v in views {
+        families.entry(sanitize_metric_name(v.key.name())).or_default().push(v);
+    }
+    let mut w = TextWriter::default();
+    for (name, views) in families {
+        let kind = views[0].kind;
+        match kind {
+            Kind::Counter => {
+                w.family(&name, "counter", "cluster total merged by shoal-collector");
+                for v in views {
+                    w.sample(&name, v.key.labels(), None, &v.total.to_string());
+                }
+            }
+            Kind::Gauge => {
+                let rule = aggregator.config().gauge_rule(views[0].key.name());
+                w.family(&name, "gauge", &format!("cluster gauge rolled up by {rule:?} over live instances"));
+                for v in views {
+                    if let Some(g) = v.gauge {
+                        w.sample(&name, v.key.labels(), None, &format_value(g));
+                    }
+                }
+            }
+            Kind::Histogram => {
+                let window = aggregator.config().summary_window_secs;
+                w.family(
+                    &name,
+                    "summary",
+                    &format!("cluster quantiles over the last {window}s from merged sketches; _sum and _count cumulative"),
+                );
+                for v in views {
+                    let sketch = v.window.unwrap_or_default();
+                    for &q in &quantiles {
+                        let value = sketch.quantile(q).map(format_value).unwrap_or_else(|| "NaN".into());
+                        w.sample(&name, v.key.labels(), Some(("quantile", &q.to_string())), &value);
+                    }
+                    w.sample(&format!("{name}_sum"), v.key.labels(), None, &format_value(v.sum));
+                    w.sample(&format!("{name}_count"), v.key.labels(), None, &v.total.to_string());
+                }
+            }
+        }
+    }
+    stats.write(&mut w, aggregator.series_count(), aggregator.instance_count());
+    w.finish()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = {
+        let agg = state.aggregator.lock();
+        render(&agg, &state.stats)
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+#[derive(Deserialize)]
+struct SeriesParams {
+    name: Option<String>,
+}
+
+async fn series(State(state): State<AppState>, Query(p): Query<SeriesParams>) -> Json<Value> {
+    let list = state.aggregator.lock().series_list(p.name.as_deref());
+    let series: Vec<Value> = list
+        .into_values()
+        .map(|(key, kind)| json!({"series": key.canonical(), "name": key.name(), "labels": labels_json(key.labels()), "kind": kind}))
+        .collect();
+    Json(json!({ "series": series }))
+}
+
+fn labels_json(labels: &[(String, String)]) -> Value {
+    Value::Object(labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+}
+
+#[derive(Deserialize)]
+struct QueryParams {
+    /// Metric name (required).
+    name: Option<String>,
+    /// Label filter: `k1=v1,k2=v2`.
+    labels: Option<String>,
+    /// Quantiles: `0.5,0.99`.
+    quantiles: Option<String>,
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+}
+
+async fn query(State(state): State<AppState>, Query(p): Query<QueryParams>) -> Response {
+    let Some(name) = p.name else { return bad_request("missing query parameter `name`".into()) };
+    let mut labels = Vec::new();
+    for pair in p.labels.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+        match pair.split_once('=') {
+            Some((k, v)) => labels.push((k.to_string(), v.to_string())),
+            None => return bad_request(format!("label filter {pair:?} is not k=v")),
+        }
+    }
+    let mut quantiles = Vec::new();
+    for q in p.quantiles.as_deref().unwrap_or("0.5,0.9,0.99").split(',').filter(|s| !s.is_empty()) {
+        match q.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => quantiles.push(v),
+            _ => return bad_request(format!("quantile {q:?} is not a number in [0, 1]")),
+        }
+    }
+    let (found, interval) = {
+        let agg = state.aggregator.lock();
+        (agg.points(&name, &labels), agg.config().interval_secs)
+    };
+    let series: Vec<Value> = found
+        .into_iter()
+        .map(|(key, kind, points)| {
+            let points: Vec<Value> = points
+                .into_iter()
+                .map(|(i, p)| match p {
+                    Point::Counter(v) => json!({"start": i * interval, "end": (i + 1) * interval, "value": v}),
+                    Point::Histogram(s) => {
+                        let qs: serde_json::Map<String, Value> = quantiles.iter().map(|q| (q.to_string(), json!(s.quantile(*q)))).collect();
+                        json!({"start": i * interval, "end": (i + 1) * interval, "count": s.count(), "sum": s.sum(), "quantiles": qs})
+                    }
+                })
+                .collect();
+            json!({"series": key.canonical(), "labels": labels_json(key.labels()), "kind": kind, "points": points})
+        })
+        .collect();
+    Json(json!({ "name": name, "interval_secs": interval, "series": series })).into_response()
+}

@@ -1,0 +1,7 @@
+#[derive(shoal::LabelSet)]
+#[label(key = "http-method")]
+enum Method {
+    Get,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[derive(shoal::LabelSet)]
+#[label(rename_all = "camelCase")]
+enum Method {
+    Get,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[derive(shoal::LabelSet)]
+enum Method {
+    Get,
+    Custom(String),
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+#[derive(shoal::LabelSet)]
+enum Method {
+    Get,
+    #[label(value = "get")]
+    Head,
+}
+
+fn main() {}

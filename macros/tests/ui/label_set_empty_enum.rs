@@ -1,0 +1,4 @@
+#[derive(shoal::LabelSet)]
+enum Never {}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[derive(shoal::LabelSet)]
+#[label(name = "method")]
+enum Method {
+    Get,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[derive(shoal::Metrics)]
+struct Generic<T> {
+    requests: shoal::Counter,
+    other: T,
+}
+
+fn main() {}

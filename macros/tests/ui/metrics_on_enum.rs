@@ -1,0 +1,6 @@
+#[derive(shoal::Metrics)]
+enum NotAStruct {
+    A,
+}
+
+fn main() {}

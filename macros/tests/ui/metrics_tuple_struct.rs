@@ -1,0 +1,4 @@
+#[derive(shoal::Metrics)]
+struct Tuple(shoal::Counter);
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[shoal::timed(name = "db-queries")]
+fn query() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[shoal::timed]
+const fn answer() -> u32 {
+    42
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[shoal::timed(concurrency, concurrency)]
+fn work() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[shoal::timed(name = db)]
+fn query() {}
+
+fn main() {}

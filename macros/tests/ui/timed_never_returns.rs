@@ -1,0 +1,6 @@
+#[shoal::timed]
+fn forever() -> ! {
+    loop {}
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[shoal::timed]
+struct NotAFunction;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[shoal::timed(labels = "x")]
+fn work() {}
+
+fn main() {}

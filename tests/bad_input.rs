@@ -1,0 +1,124 @@
+//! Malformed batches get a clear InvalidArgument and change nothing; the
+//! collector keeps serving everyone else.
+
+mod common;
+
+use common::*;
+use shoal_proto as pb;
+
+fn valid() -> pb::FlushRequest {
+    pb::FlushRequest {
+        instance_id: "i-1".into(),
+        instance_labels: vec![],
+        sequence: 1,
+        interval_start_unix_nanos: 0,
+        interval_end_unix_nanos: 0,
+        definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "ok_total".into(), labels: vec![] }],
+        counters: vec![pb::CounterDelta { r#ref: 1, delta: 1 }],
+        gauges: vec![],
+        histograms: vec![],
+    }
+}
+
+#[test]
+fn malformed_batches_are_refused_with_a_reason() {
+    let collector = start_collector(None, |_| {});
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = pb::ingest_client::IngestClient::connect(collector.grpc_url()).await.unwrap();
+        let cases: Vec<(pb::FlushRequest, &str)> = vec![
+            (pb::FlushRequest { instance_id: String::new(), ..valid() }, "instance_id"),
+            (pb::FlushRequest { sequence: 0, ..valid() }, "sequence"),
+            (
+                pb::FlushRequest {
+                    definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "bad name".into(), labels: vec![] }],
+                    ..valid()
+                },
+                "metric name",
+            ),
+            (
+                pb::FlushRequest {
+                    definitions: vec![pb::SeriesDefinition {
+                        r#ref: 1,
+                        name: "x".into(),
+                        labels: vec![pb::Label { key: "k".into(), value: "1".into() }, pb::Label { key: "k".into(), value: "2".into() }],
+                    }],
+                    ..valid()
+                },
+                "repeated",
+            ),
+            (
+                pb::FlushRequest {
+                    gauges: vec![pb::GaugeValue { r#ref: 1, value: f64::NAN }],
+                    counters: vec![],
+                    definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "g".into(), labels: vec![] }],
+                    ..valid()
+                },
+                "not finite",
+            ),
+            (
+                pb::FlushRequest {
+                    counters: vec![],
+                    histograms: vec![pb::HistogramDelta {
+                        r#ref: 1,
+                        sketch: Some(pb::Sketch { scale: 42, zero_count: 0, sum: 0.0, min: 0.0, max: 0.0, positive: None, negative: None }),
+                    }],
+                    ..valid()
+                },
+                "scale",
+            ),
+            (
+                pb::FlushRequest {
+                    counters: vec![],
+                    histograms: vec![pb::HistogramDelta {
+                        r#ref: 1,
+                        sketch: Some(pb::Sketch {
+                            scale: 6,
+                            zero_count: 0,
+                            sum: 1.0,
+                            min: 1.0,
+                            max: 1.0,
+                            positive: Some(pb::Buckets { offset: i32::MAX - 2, counts: vec![1, 1, 1, 1] }),
+                            negative: None,
+                        }),
+                    }],
+                    ..valid()
+                },
+                "outside",
+            ),
+            (
+                pb::FlushRequest {
+                    counters: vec![pb::CounterDelta { r#ref: 1, delta: 1 }, pb::CounterDelta { r#ref: 1, delta: 1 }],
+                    ..valid()
+                },
+                "twice",
+            ),
+        ];
+        for (req, expected) in cases {
+            let status = client.flush(req).await.expect_err("must be refused");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains(expected), "{expected:?} not in {:?}", status.message());
+        }
+        // A counter then sent as a gauge is refused.
+        client.flush(valid()).await.unwrap();
+        let conflict = pb::FlushRequest {
+            sequence: 2,
+            counters: vec![],
+            gauges: vec![pb::GaugeValue { r#ref: 2, value: 1.0 }],
+            definitions: vec![pb::SeriesDefinition {
+                r#ref: 2,
+                name: "ok_total".into(),
+                labels: vec![pb::Label { key: "x".into(), value: "y".into() }],
+            }],
+            ..valid()
+        };
+        let status = client.flush(conflict).await.unwrap_err();
+        assert!(status.message().contains("is a counter"), "{status:?}");
+    });
+    let text = scrape(&collector);
+    assert_eq!(sample(&text, "ok_total"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_field"}"#), Some(6.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_sketch"}"#), Some(2.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="kind_conflict"}"#), Some(1.0), "{text}");
+    collector.shutdown().unwrap();
+}

@@ -3,9 +3,10 @@
 //!
 //! Registration is off the hot path: handles are resolved once and then
 //! recorded through directly. The `metrics` macros resolve on every call, so
-//! the lookup is made cheap: a read-locked map keyed by the facade's own
-//! `Key` whose hash is precomputed (often at compile time), then an `Arc`
-//! clone. Only a miss canonicalises the labels and takes the write path.
+//! the lookup is made cheap: first a per-thread cache keyed by the facade's
+//! own `Key` (whose hash is precomputed, often at compile time) — no lock,
+//! no shared write but the `Arc` clone; then a read-locked shared map; only a
+//! miss canonicalises the labels and takes the write path.
 
 use crate::hot::counter::{CounterArena, CounterCells};
 use crate::hot::gauge::GaugeCell;
@@ -13,6 +14,8 @@ use crate::hot::histogram::HistogramCells;
 use crate::key::SeriesKey;
 use crate::sketch::{Rejection, Sketch};
 use parking_lot::{Mutex, RwLock};
+use std::any::Any;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -40,6 +43,19 @@ impl Hasher for PrehashedKey {
         self.0 = n;
     }
 }
+
+/// Entries a thread's resolution cache holds before it is cleared (bounds
+/// memory when a thread touches many series or many `Shoal`s come and go).
+const THREAD_CACHE_LIMIT: usize = 4096;
+
+type ThreadCache = HashMap<u64, FastMap<Arc<dyn Any + Send + Sync>>>;
+
+thread_local! {
+    /// (family id, facade key) -> series, for keys with a series of their own.
+    static RESOLVED: RefCell<ThreadCache> = RefCell::new(ThreadCache::default());
+}
+
+static NEXT_FAMILY_ID: AtomicU64 = AtomicU64::new(1);
 
 type FastMap<V> = HashMap<metrics::Key, V, BuildHasherDefault<PrehashedKey>>;
 
@@ -117,6 +133,9 @@ impl SelfStats {
 
 /// The series of one kind.
 pub(crate) struct Family<S> {
+    /// Unique per family for the life of the process (thread caches key on it,
+    /// so a dropped family's entries can never be mistaken for a new one's).
+    id: u64,
     /// Facade key -> series, for keys that got a series of their own.
     fast: RwLock<FastMap<Arc<S>>>,
     slow: Mutex<FamilyIndex<S>>,
@@ -133,6 +152,7 @@ struct FamilyIndex<S> {
 impl<S> Default for Family<S> {
     fn default() -> Self {
         Family {
+            id: NEXT_FAMILY_ID.fetch_add(1, Relaxed),
             fast: RwLock::new(FastMap::default()),
             slow: Mutex::new(FamilyIndex {
                 by_canonical: HashMap::new(),
@@ -151,7 +171,7 @@ pub(crate) enum Resolved<S> {
     Overflow(Arc<S>),
 }
 
-impl<S> Family<S> {
+impl<S: Send + Sync + 'static> Family<S> {
     /// Resolves a facade key. `make` builds a new series for a canonical key.
     pub(crate) fn resolve(
         &self,
@@ -160,18 +180,42 @@ impl<S> Family<S> {
         stats: &SelfStats,
         make: impl FnMut(SeriesKey, bool) -> S,
     ) -> Resolved<S> {
-        if let Some(s) = self.fast.read().get(key) {
-            return Resolved::Own(s.clone());
+        let cached = RESOLVED.try_with(|cache| {
+            let cache = cache.try_borrow().ok()?;
+            let entry = cache.get(&self.id)?.get(key)?;
+            entry.clone().downcast::<S>().ok()
+        });
+        if let Ok(Some(s)) = cached {
+            return Resolved::Own(s);
+        }
+        let shared = self.fast.read().get(key).cloned();
+        if let Some(s) = shared {
+            self.cache_in_thread(key, &s);
+            return Resolved::Own(s);
         }
         let resolved = self.resolve_key(SeriesKey::from_metrics(key), limit, stats, make);
         if let Resolved::Own(s) = &resolved {
             // Only keys with their own series are cached, so hostile label
             // values past the limit never grow this map.
             self.fast.write().insert(key.clone(), s.clone());
+            self.cache_in_thread(key, s);
         }
         resolved
     }
 
+    fn cache_in_thread(&self, key: &metrics::Key, series: &Arc<S>) {
+        let _ = RESOLVED.try_with(|cache| {
+            if let Ok(mut cache) = cache.try_borrow_mut() {
+                if cache.values().map(|m| m.len()).sum::<usize>() >= THREAD_CACHE_LIMIT {
+                    cache.clear();
+                }
+                cache.entry(self.id).or_default().insert(key.clone(), series.clone() as Arc<dyn Any + Send + Sync>);
+            }
+        });
+    }
+}
+
+impl<S> Family<S> {
     /// Resolves a canonical key (shoal's own handle API).
     pub(crate) fn resolve_key(
         &self,

@@ -192,3 +192,19 @@ fn handles_are_shared_across_threads() {
     }
     assert_eq!(s.counter_value("shared_total"), Some(400_000));
 }
+
+#[test]
+fn macro_path_keeps_each_shoal_apart_on_one_thread() {
+    // The per-thread resolution cache must never hand one Shoal's series to another.
+    let a = shoal();
+    let b = shoal();
+    for _ in 0..3 {
+        metrics::with_local_recorder(&a, || metrics::counter!("same_total", "k" => "v").increment(1));
+        metrics::with_local_recorder(&b, || metrics::counter!("same_total", "k" => "v").increment(10));
+    }
+    drop(a);
+    let c = shoal();
+    metrics::with_local_recorder(&c, || metrics::counter!("same_total", "k" => "v").increment(100));
+    assert_eq!(b.counter_value(r#"same_total{k="v"}"#), Some(30));
+    assert_eq!(c.counter_value(r#"same_total{k="v"}"#), Some(100));
+}

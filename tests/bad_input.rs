@@ -78,7 +78,7 @@ fn malformed_batches_are_refused_with_a_reason() {
                             sum: 1.0,
                             min: 1.0,
                             max: 1.0,
-                            positive: Some(pb::Buckets { offset: i32::MAX - 2, counts: vec![1, 1, 1, 1] }),
+                            positive: Some(pb::Buckets { offset: i32::MAX - 2, counts: vec![1, 1, 1, 1], gaps: vec![] }),
                             negative: None,
                         }),
                     }],

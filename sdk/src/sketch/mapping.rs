@@ -183,7 +183,8 @@ pub fn bucket_representative(scale: i32, index: i32) -> f64 {
 
 /// Lowest and highest bucket index a finite normal value can map to at `scale`.
 pub fn index_range(scale: i32) -> (i32, i32) {
-    let m = Mapping::new(scale);
+    // Cached per scale: validation calls this for every sketch it decodes.
+    let m = super::mapping_for(scale);
     (m.index(ZERO_THRESHOLD), m.index(f64::MAX))
 }
 

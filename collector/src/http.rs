@@ -67,12 +67,13 @@ pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
                 );
                 for v in views {
                     let sketch = v.window.unwrap_or_default();
+                    let labels = shoal::exposition::summary_labels(v.key.labels());
                     for &q in &quantiles {
                         let value = sketch.quantile(q).map(format_value).unwrap_or_else(|| "NaN".into());
-                        w.sample(&name, v.key.labels(), Some(("quantile", &q.to_string())), &value);
+                        w.sample(&name, &labels, Some(("quantile", &q.to_string())), &value);
                     }
-                    w.sample(&format!("{name}_sum"), v.key.labels(), None, &format_value(v.sum));
-                    w.sample(&format!("{name}_count"), v.key.labels(), None, &v.total.to_string());
+                    w.sample(&format!("{name}_sum"), &labels, None, &format_value(v.sum));
+                    w.sample(&format!("{name}_count"), &labels, None, &v.total.to_string());
                 }
             }
         }

@@ -96,6 +96,19 @@ impl TextWriter {
     }
 }
 
+/// Labels of a summary series: a series label named `quantile` becomes
+/// `exported_quantile` (Prometheus's convention) so it cannot clash with the
+/// summary's own `quantile` label.
+pub fn summary_labels(labels: &[(String, String)]) -> std::borrow::Cow<'_, [(String, String)]> {
+    if labels.iter().any(|(k, _)| k == "quantile") {
+        let renamed =
+            labels.iter().map(|(k, v)| (if k == "quantile" { "exported_quantile".into() } else { k.clone() }, v.clone())).collect();
+        std::borrow::Cow::Owned(renamed)
+    } else {
+        std::borrow::Cow::Borrowed(labels)
+    }
+}
+
 /// Help text for a described metric: description plus unit.
 pub fn help_text(description: Option<&str>, unit: Option<&str>, fallback: &str) -> String {
     let text = description.filter(|d| !d.is_empty()).unwrap_or(fallback);

@@ -2,7 +2,7 @@
 
 use crate::delta::{self, Deltas};
 use crate::error::Error;
-use crate::exposition::{format_value, help_text, sanitize_metric_name, TextWriter, SUMMARY_QUANTILES};
+use crate::exposition::{format_value, help_text, sanitize_label_name, sanitize_metric_name, TextWriter, SUMMARY_QUANTILES};
 use crate::flusher::{Flusher, FlusherConfig, FlusherStats};
 use crate::handles::{Counter, Gauge, Histogram};
 use crate::hot::slot;
@@ -272,6 +272,15 @@ impl Drop for Shoal {
     }
 }
 
+/// What one exposed series adds up to: several registered series can land on
+/// the same exposed name and labels once sanitised (`a.b` and `a_b`); they are
+/// merged, never written twice (Prometheus would reject the whole scrape).
+enum Exposed {
+    Counter(u64),
+    Gauge(f64),
+    Summary(Sketch),
+}
+
 fn render(inner: &Inner) -> String {
     let reg = &inner.registry;
     let descriptions = reg.descriptions.read().clone();
@@ -279,53 +288,62 @@ fn render(inner: &Inner) -> String {
         let d = descriptions.get(name);
         help_text(d.map(|d| d.text.as_str()), d.and_then(|d| d.unit).map(|u| u.as_str()), fallback)
     };
-    let mut w = TextWriter::default();
-
-    let mut counters: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    // Exposed name -> (kind, help, exposed key -> value), in name order.
+    let mut families: BTreeMap<String, (&'static str, String, BTreeMap<String, (Vec<(String, String)>, Exposed)>)> = BTreeMap::new();
+    let mut add = |key: &SeriesKey, kind: &'static str, fallback: &str, value: Exposed| {
+        let exposed = exposed_key(key);
+        let family = families.entry(exposed.name().to_string()).or_insert_with(|| (kind, help(key.name(), fallback), BTreeMap::new()));
+        if family.0 != kind {
+            // Two kinds under one exposed name: the first kind registered wins.
+            return;
+        }
+        match family.2.entry(exposed.canonical().to_string()) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert((exposed.labels().to_vec(), value));
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => match (&mut o.get_mut().1, value) {
+                (Exposed::Counter(a), Exposed::Counter(b)) => *a = a.wrapping_add(b),
+                (Exposed::Gauge(a), Exposed::Gauge(b)) => *a = b,
+                (Exposed::Summary(a), Exposed::Summary(b)) => a.merge(&b),
+                _ => {}
+            },
+        }
+    };
     for s in reg.counters.all() {
-        counters.entry(s.key.name().to_string()).or_default().push(s);
+        add(&s.key, "counter", "counter recorded with shoal", Exposed::Counter(s.cells.read()));
     }
-    for (name, mut series) in counters {
-        series.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
-        let exposed = sanitize_metric_name(&name);
-        w.family(&exposed, "counter", &help(&name, "counter recorded with shoal"));
-        for s in series {
-            w.sample(&exposed, s.key.labels(), None, &s.cells.read().to_string());
-        }
-    }
-
-    let mut gauges: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for s in reg.gauges.all() {
-        gauges.entry(s.key.name().to_string()).or_default().push(s);
+        add(&s.key, "gauge", "gauge recorded with shoal", Exposed::Gauge(s.cell.read()));
     }
-    for (name, mut series) in gauges {
-        series.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
-        let exposed = sanitize_metric_name(&name);
-        w.family(&exposed, "gauge", &help(&name, "gauge recorded with shoal"));
-        for s in series {
-            w.sample(&exposed, s.key.labels(), None, &format_value(s.cell.read()));
-        }
-    }
-
-    let mut histograms: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for s in reg.histograms.all() {
-        histograms.entry(s.key.name().to_string()).or_default().push(s);
+        add(&s.key, "summary", "histogram recorded with shoal", Exposed::Summary(s.cells.read()));
     }
-    for (name, mut series) in histograms {
-        series.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
-        let exposed = sanitize_metric_name(&name);
-        w.family(&exposed, "summary", &help(&name, "histogram recorded with shoal"));
-        for s in series {
-            write_summary(&mut w, &exposed, s.key.labels(), &s.cells.read());
+    let mut w = TextWriter::default();
+    for (name, (kind, help, series)) in families {
+        w.family(&name, kind, &help);
+        for (labels, value) in series.into_values() {
+            match value {
+                Exposed::Counter(v) => w.sample(&name, &labels, None, &v.to_string()),
+                Exposed::Gauge(v) => w.sample(&name, &labels, None, &format_value(v)),
+                Exposed::Summary(sketch) => write_summary(&mut w, &name, &labels, &sketch),
+            }
         }
     }
-
     write_self_metrics(&mut w, inner);
     w.finish()
 }
 
-/// Writes the sample lines of a summary from a sketch.
+/// The key a series is exposed (and sent) under: Prometheus-valid name and
+/// label keys, de-duplicated after sanitising.
+pub(crate) fn exposed_key(key: &SeriesKey) -> SeriesKey {
+    SeriesKey::new(sanitize_metric_name(key.name()), key.labels().iter().map(|(k, v)| (sanitize_label_name(k), v.clone())))
+}
+
+/// Writes the sample lines of a summary from a sketch. A series label named
+/// `quantile` is renamed `exported_quantile` (Prometheus's convention), so it
+/// cannot clash with the summary's own.
 pub fn write_summary(w: &mut TextWriter, name: &str, labels: &[(String, String)], sketch: &Sketch) {
+    let labels = &*crate::exposition::summary_labels(labels);
     for q in SUMMARY_QUANTILES {
         let v = sketch.quantile(q).map(format_value).unwrap_or_else(|| "NaN".into());
         w.sample(name, labels, Some(("quantile", &q.to_string())), &v);

@@ -1,5 +1,6 @@
 //! Malformed batches get a clear InvalidArgument and change nothing; the
-//! collector keeps serving everyone else.
+//! collector keeps serving everyone else. A series sent as the wrong kind is
+//! rejected alone: the rest of its batch is merged.
 
 mod common;
 
@@ -99,11 +100,12 @@ fn malformed_batches_are_refused_with_a_reason() {
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
             assert!(status.message().contains(expected), "{expected:?} not in {:?}", status.message());
         }
-        // A counter then sent as a gauge is refused.
+        // A counter then sent as a gauge is refused, alone: the counter of
+        // the same batch is merged.
         client.flush(valid()).await.unwrap();
         let conflict = pb::FlushRequest {
             sequence: 2,
-            counters: vec![],
+            counters: vec![pb::CounterDelta { r#ref: 1, delta: 2 }],
             gauges: vec![pb::GaugeValue { r#ref: 2, value: 1.0 }],
             definitions: vec![pb::SeriesDefinition {
                 r#ref: 2,
@@ -112,13 +114,17 @@ fn malformed_batches_are_refused_with_a_reason() {
             }],
             ..valid()
         };
-        let status = client.flush(conflict).await.unwrap_err();
-        assert!(status.message().contains("is a counter"), "{status:?}");
+        let response = client.flush(conflict).await.unwrap().into_inner();
+        assert_eq!(response.acknowledged_sequence, 2);
+        assert_eq!(response.rejected.len(), 1, "{response:?}");
+        assert_eq!((response.rejected[0].r#ref, response.rejected[0].reason.as_str()), (2, "kind_conflict"));
+        assert!(response.rejected[0].message.contains("is a counter"), "{response:?}");
     });
     let text = scrape(&collector);
-    assert_eq!(sample(&text, "ok_total"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "ok_total"), Some(3.0), "{text}");
     assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_field"}"#), Some(6.0), "{text}");
     assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_sketch"}"#), Some(2.0), "{text}");
-    assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="kind_conflict"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="kind_conflict"}"#), Some(0.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_series_rejected_total{reason="kind_conflict"}"#), Some(1.0), "{text}");
     collector.shutdown().unwrap();
 }

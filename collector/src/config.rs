@@ -58,6 +58,25 @@ pub struct Config {
     pub quantiles: Vec<f64>,
     /// On shutdown, how long in-flight requests may take to finish, in ms.
     pub shutdown_grace_ms: u64,
+    /// Most series one instance may define; its further series are rejected
+    /// one by one (reason `series_limit_instance`). Reloadable.
+    pub max_series_per_instance: usize,
+    /// Most rollup series per metric name; updates that would create more
+    /// are rejected one by one (`series_limit_metric`). Reloadable.
+    pub max_series_per_metric: usize,
+    /// Most rollup series in all; updates that would create more are
+    /// rejected one by one (`series_limit_total`). Reloadable.
+    pub max_series_total: usize,
+    /// Metric names and glob patterns (`*`, `?`, `[a-z]`, `{a,b}`) refused
+    /// by the collector and pushed to every SDK in each flush response, so
+    /// the SDKs stop sending them. Reloadable (SIGHUP).
+    pub blocklist: Vec<String>,
+    /// Batches that may wait for or be in the merge step at once; past it,
+    /// batches are answered `RESOURCE_EXHAUSTED` with a retry hint.
+    pub ingest_queue: usize,
+    /// The retry hint of an overloaded answer (`retry-after-ms` metadata);
+    /// SDKs add jitter. Reloadable.
+    pub overload_retry_after_ms: u64,
 }
 
 impl Default for Config {
@@ -73,6 +92,12 @@ impl Default for Config {
             gauge_rules: HashMap::new(),
             quantiles: vec![0.5, 0.9, 0.99, 0.999],
             shutdown_grace_ms: 2000,
+            max_series_per_instance: 100_000,
+            max_series_per_metric: 100_000,
+            max_series_total: 2_000_000,
+            blocklist: Vec::new(),
+            ingest_queue: 1024,
+            overload_retry_after_ms: 1000,
         }
     }
 }
@@ -108,7 +133,60 @@ impl Config {
         if let Some(q) = self.quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
             return Err(format!("quantile {q} is not in [0, 1]"));
         }
+        if self.max_series_per_instance == 0 || self.max_series_per_metric == 0 || self.max_series_total == 0 {
+            return Err("max_series_per_instance, max_series_per_metric and max_series_total must be at least 1".into());
+        }
+        if self.ingest_queue == 0 {
+            return Err("ingest_queue must be at least 1".into());
+        }
+        self.compiled_blocklist()?;
         Ok(())
+    }
+
+    /// The blocklist, compiled (the error names the bad pattern).
+    pub fn compiled_blocklist(&self) -> Result<shoal::delta::Blocklist, String> {
+        shoal::delta::Blocklist::new(&self.blocklist)
+    }
+
+    /// `self` with the settings of `new` that can change while running
+    /// (limits, blocklist, gauge rules, quantiles, retry hint, staleness and
+    /// expiry, shutdown grace); the others (listen addresses, interval,
+    /// retention, summary window, queue size) need a restart and are kept.
+    /// Returns the names of the settings that were not applied.
+    pub fn reloaded(&self, new: &Config) -> (Config, Vec<&'static str>) {
+        let mut ignored = Vec::new();
+        if new.grpc_listen != self.grpc_listen {
+            ignored.push("grpc_listen");
+        }
+        if new.http_listen != self.http_listen {
+            ignored.push("http_listen");
+        }
+        if new.interval_secs != self.interval_secs {
+            ignored.push("interval_secs");
+        }
+        if new.ingest_queue != self.ingest_queue {
+            ignored.push("ingest_queue");
+        }
+        if new.retention_secs != self.retention_secs {
+            ignored.push("retention_secs");
+        }
+        if new.summary_window_secs != self.summary_window_secs {
+            ignored.push("summary_window_secs");
+        }
+        let config = Config {
+            max_series_per_instance: new.max_series_per_instance,
+            max_series_per_metric: new.max_series_per_metric,
+            max_series_total: new.max_series_total,
+            blocklist: new.blocklist.clone(),
+            gauge_rules: new.gauge_rules.clone(),
+            quantiles: new.quantiles.clone(),
+            overload_retry_after_ms: new.overload_retry_after_ms,
+            gauge_stale_intervals: new.gauge_stale_intervals,
+            instance_expiry_secs: new.instance_expiry_secs,
+            shutdown_grace_ms: new.shutdown_grace_ms,
+            ..self.clone()
+        };
+        (config, ignored)
     }
 
     /// The rollup interval.
@@ -136,6 +214,21 @@ mod tests {
         assert!(Config::from_toml("nonsense = 1").unwrap_err().contains("nonsense"));
         assert!(Config::from_toml("interval_secs = 0").unwrap_err().contains("interval_secs"));
         assert!(Config::from_toml("[gauge_rules]\ncpu = \"median\"").is_err());
+    }
+
+    #[test]
+    fn limits_and_blocklist_are_read_and_checked() {
+        let c = Config::from_toml("blocklist = [\"debug_*\", \"x_total\"]\nmax_series_per_metric = 5\n").unwrap();
+        assert_eq!(c.blocklist, vec!["debug_*", "x_total"]);
+        assert_eq!(c.max_series_per_metric, 5);
+        assert!(c.compiled_blocklist().unwrap().blocks("debug_foo"));
+        assert!(Config::from_toml("blocklist = [\"a[\"]").unwrap_err().contains("a["));
+        assert!(Config::from_toml("max_series_total = 0").is_err());
+        assert!(Config::from_toml("ingest_queue = 0").is_err());
+        let (r, ignored) = c.reloaded(&Config { blocklist: vec![], interval_secs: 1, ..c.clone() });
+        assert!(r.blocklist.is_empty());
+        assert_eq!(r.interval_secs, c.interval_secs);
+        assert_eq!(ignored, vec!["interval_secs"]);
     }
 
     #[test]

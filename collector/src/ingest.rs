@@ -1,37 +1,111 @@
-//! The gRPC ingest service: decode (tonic), validate and merge (under one
-//! lock: merging a batch takes microseconds), acknowledge.
+//! The gRPC ingest service: decode (tonic), admit into the bounded ingest
+//! queue, validate and merge (one batch at a time: merging takes
+//! microseconds), acknowledge.
+//!
+//! Overload: at most `ingest_queue` batches wait for or are in the merge
+//! step. One more is answered `RESOURCE_EXHAUSTED` at once, with the
+//! `retry-after-ms` metadata; the SDK keeps the batch and resends it after
+//! that long plus jitter. Waiting batches wait asynchronously (no thread is
+//! blocked), and what they hold is bounded by the queue size times the
+//! largest batch.
 
 use crate::aggregate::{unix_secs, Aggregator, Outcome};
-use crate::stats::Stats;
+use crate::stats::{Rejection, Stats};
 use parking_lot::Mutex;
 use prost::Message;
 use shoal_proto as pb;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 /// Largest encoded batch accepted (tonic refuses larger messages with
 /// `ResourceExhausted` before decoding).
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
+/// Response metadata key of the retry hint on `RESOURCE_EXHAUSTED`, in ms.
+pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
+
+/// Faults a test can inject into the ingest path, to check that nothing is
+/// lost or counted twice when acknowledgements are late or lost. All off
+/// (zero) unless set; checking them costs a few relaxed loads per batch.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Probability, per million batches, of failing a batch (`UNAVAILABLE`)
+    /// before it is merged.
+    pub fail_before_merge_ppm: AtomicU32,
+    /// Probability, per million batches, of merging a batch and then
+    /// answering `UNAVAILABLE`: the acknowledgement is lost.
+    pub fail_after_merge_ppm: AtomicU32,
+    /// Each acknowledgement is delayed by a uniform random 0..=this many ms
+    /// (after the merge; the merge step is not held).
+    pub max_ack_delay_ms: AtomicU64,
+}
+
+impl Faults {
+    fn roll(ppm: &AtomicU32) -> bool {
+        let p = ppm.load(Relaxed);
+        p > 0 && rand::random::<u32>() % 1_000_000 < p
+    }
+
+    /// Turns every fault off.
+    pub fn clear(&self) {
+        self.fail_before_merge_ppm.store(0, Relaxed);
+        self.fail_after_merge_ppm.store(0, Relaxed);
+        self.max_ack_delay_ms.store(0, Relaxed);
+    }
+}
+
+/// The bounded ingest queue and its knobs, shared by the service, the
+/// collector handle (tests) and reloads.
+pub struct IngestControl {
+    /// One permit per batch waiting for or in the merge step.
+    pub queue: Arc<tokio::sync::Semaphore>,
+    /// Serialises the merge step; holding it (a test) stalls ingestion so
+    /// that the queue fills as it would behind a slow merge.
+    pub gate: tokio::sync::Mutex<()>,
+    /// The retry hint sent when overloaded, in ms.
+    pub retry_after_ms: AtomicU64,
+    /// Injected faults (tests).
+    pub faults: Faults,
+}
+
+impl IngestControl {
+    /// A queue of `capacity` batches and a retry hint.
+    pub fn new(capacity: usize, retry_after_ms: u64) -> IngestControl {
+        IngestControl {
+            queue: Arc::new(tokio::sync::Semaphore::new(capacity)),
+            gate: tokio::sync::Mutex::new(()),
+            retry_after_ms: AtomicU64::new(retry_after_ms),
+            faults: Faults::default(),
+        }
+    }
+}
+
 /// Implements `shoal.v1.Ingest`.
 pub struct IngestService {
     pub(crate) aggregator: Arc<Mutex<Aggregator>>,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) control: Arc<IngestControl>,
 }
 
 impl IngestService {
-    /// Handles one decoded batch; shared by the gRPC path and tests.
+    /// A service over shared state.
+    pub fn new(aggregator: Arc<Mutex<Aggregator>>, stats: Arc<Stats>, control: Arc<IngestControl>) -> IngestService {
+        IngestService { aggregator, stats, control }
+    }
+
+    /// Handles one decoded batch; shared by the gRPC path, the fuzz target
+    /// and tests.
     pub fn handle(&self, req: &pb::FlushRequest) -> Result<pb::FlushResponse, Status> {
         let stats = &self.stats;
         stats.batches_received.fetch_add(1, Relaxed);
         stats.bytes_received.fetch_add(req.encoded_len() as u64, Relaxed);
         let started = Instant::now();
-        let (result, epoch) = {
+        let (result, epoch, blocklist) = {
             let mut agg = self.aggregator.lock();
             let r = agg.apply(req, unix_secs());
-            (r, agg.epoch())
+            (r, agg.epoch(), agg.blocklist().patterns().to_vec())
         };
         stats.merge_nanos.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
         let mut response = pb::FlushResponse {
@@ -39,12 +113,26 @@ impl IngestService {
             duplicate: false,
             unknown_refs: Vec::new(),
             collector_epoch: epoch,
-            blocklist: Vec::new(),
+            blocklist,
+            rejected: Vec::new(),
         };
         match result {
-            Ok(Outcome::Merged) => {
+            Ok(Outcome::Merged(rejected)) => {
                 stats.batches_merged.fetch_add(1, Relaxed);
                 response.acknowledged_sequence = req.sequence;
+                if let Some(first) = rejected.first() {
+                    tracing::debug!(
+                        instance = %truncate(&req.instance_id),
+                        sequence = req.sequence,
+                        "{} series rejected, first: {}",
+                        rejected.len(),
+                        first.message
+                    );
+                }
+                response.rejected = rejected
+                    .into_iter()
+                    .map(|r| pb::SeriesRejection { r#ref: r.r#ref, reason: r.reason.as_str().to_string(), message: r.message })
+                    .collect();
             }
             Ok(Outcome::Duplicate) => {
                 stats.batches_duplicate.fetch_add(1, Relaxed);
@@ -53,13 +141,25 @@ impl IngestService {
             }
             Ok(Outcome::UnknownRefs(refs)) => response.unknown_refs = refs,
             Err(refused) => {
-                let updates = (req.counters.len() + req.gauges.len() + req.histograms.len()) as u64;
-                stats.reject(refused.reason, updates);
                 tracing::warn!(instance = %truncate(&req.instance_id), sequence = req.sequence, "batch refused: {}", refused.message);
-                return Err(Status::invalid_argument(refused.message));
+                return Err(match refused.reason {
+                    Rejection::InstanceLimit => Status::failed_precondition(refused.message),
+                    _ => Status::invalid_argument(refused.message),
+                });
             }
         }
         Ok(response)
+    }
+
+    /// The answer to a batch that found the queue full.
+    fn overloaded(&self) -> Status {
+        self.stats.overloaded();
+        let ms = self.control.retry_after_ms.load(Relaxed);
+        let mut status = Status::resource_exhausted(format!("ingest queue full: retry after {ms} ms"));
+        if let Ok(v) = ms.to_string().parse() {
+            status.metadata_mut().insert(RETRY_AFTER_METADATA, v);
+        }
+        status
     }
 }
 
@@ -67,9 +167,39 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// Decrements the queue depth when a batch leaves the queue.
+struct Queued<'a>(&'a Stats);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.ingest_queue_depth.fetch_sub(1, Relaxed);
+    }
+}
+
 #[tonic::async_trait]
 impl pb::ingest_server::Ingest for IngestService {
     async fn flush(&self, request: Request<pb::FlushRequest>) -> Result<Response<pb::FlushResponse>, Status> {
-        self.handle(request.get_ref()).map(Response::new)
+        let Ok(_permit) = self.control.queue.clone().try_acquire_owned() else {
+            return Err(self.overloaded());
+        };
+        let depth = self.stats.ingest_queue_depth.fetch_add(1, Relaxed) + 1;
+        self.stats.ingest_queue_peak.fetch_max(depth, Relaxed);
+        let _queued = Queued(&self.stats);
+        let faults = &self.control.faults;
+        let result = {
+            let _merging = self.control.gate.lock().await;
+            if Faults::roll(&faults.fail_before_merge_ppm) {
+                return Err(Status::unavailable("injected fault: failed before merging"));
+            }
+            self.handle(request.get_ref())
+        };
+        let delay = faults.max_ack_delay_ms.load(Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % (delay + 1))).await;
+        }
+        if result.is_ok() && Faults::roll(&faults.fail_after_merge_ppm) {
+            return Err(Status::unavailable("injected fault: merged, acknowledgement lost"));
+        }
+        result.map(Response::new)
     }
 }

@@ -41,12 +41,52 @@ pub struct Shared {
     pub aggregator: Arc<Mutex<Aggregator>>,
     /// Self-metrics.
     pub stats: Arc<stats::Stats>,
+    /// The bounded ingest queue, its retry hint and injectable faults.
+    pub ingest: Arc<ingest::IngestControl>,
 }
 
 impl Shared {
-    fn new(config: Config) -> Shared {
+    /// Fresh state (empty rollups, new epoch) for `config`.
+    pub fn new(config: Config) -> Shared {
         let stats = Arc::new(stats::Stats::default());
-        Shared { aggregator: Arc::new(Mutex::new(Aggregator::new(config, stats.clone()))), stats }
+        let ingest = Arc::new(ingest::IngestControl::new(config.ingest_queue.max(1), config.overload_retry_after_ms));
+        Shared { aggregator: Arc::new(Mutex::new(Aggregator::new(config, stats.clone()))), stats, ingest }
+    }
+
+    /// Applies the reloadable settings of `config` (blocklist, series
+    /// limits, gauge rules, quantiles, retry hint, ...): the next flush
+    /// response carries the new blocklist to every SDK. A bad config changes
+    /// nothing and is counted. Returns the changed settings that need a
+    /// restart (not applied).
+    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, String> {
+        let result = self.aggregator.lock().reload(config);
+        match &result {
+            Ok(ignored) => {
+                self.stats.config_reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.ingest.retry_after_ms.store(config.overload_retry_after_ms, std::sync::atomic::Ordering::Relaxed);
+                if !ignored.is_empty() {
+                    tracing::warn!("config reloaded; these settings need a restart and were not applied: {ignored:?}");
+                }
+                tracing::info!(blocklist = ?config.blocklist, "config reloaded");
+            }
+            Err(e) => {
+                self.stats.config_reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("config reload refused, keeping the old settings: {e}");
+            }
+        }
+        result
+    }
+
+    /// [`Shared::reload`] from a TOML file (what SIGHUP does).
+    pub fn reload_from_file(&self, path: &std::path::Path) -> Result<Vec<&'static str>, String> {
+        match Config::from_toml_file(path) {
+            Ok(config) => self.reload(&config),
+            Err(e) => {
+                self.stats.config_reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("config reload refused, keeping the old settings: {e}");
+                Err(e)
+            }
+        }
     }
 }
 
@@ -54,12 +94,19 @@ impl Shared {
 /// in-flight requests. Runs on the caller's tokio runtime.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     config.validate()?;
+    serve_shared(Shared::new(config), shutdown).await
+}
+
+/// [`serve`] over state the caller keeps (to reload it, e.g. on SIGHUP).
+pub async fn serve_shared(shared: Shared, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    let config = shared.aggregator.lock().config().clone();
+    config.validate()?;
     let grpc =
         tokio::net::TcpListener::bind(config.grpc_listen).await.map_err(|e| format!("cannot bind gRPC {}: {e}", config.grpc_listen))?;
     let http =
         tokio::net::TcpListener::bind(config.http_listen).await.map_err(|e| format!("cannot bind HTTP {}: {e}", config.http_listen))?;
     tracing::info!(grpc = %config.grpc_listen, http = %config.http_listen, "shoal-collector listening");
-    serve_on(Shared::new(config), grpc, http, shutdown).await
+    serve_on(shared, grpc, http, shutdown).await
 }
 
 async fn serve_on(
@@ -70,7 +117,7 @@ async fn serve_on(
 ) -> Result<(), String> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = shared.aggregator.lock().config().interval();
-    let service = ingest::IngestService { aggregator: shared.aggregator.clone(), stats: shared.stats.clone() };
+    let service = ingest::IngestService::new(shared.aggregator.clone(), shared.stats.clone(), shared.ingest.clone());
     let grpc_server =
         tonic::transport::Server::builder().add_service(IngestServer::new(service).max_decoding_message_size(ingest::MAX_BATCH_BYTES));
     let mut rx = stop_rx.clone();
@@ -194,6 +241,11 @@ impl Collector {
     /// The state (rollups and self-metrics).
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// Applies the reloadable settings of `config` (see [`Shared::reload`]).
+    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, String> {
+        self.shared.reload(config)
     }
 
     /// The `/metrics` text, rendered in process.

@@ -69,7 +69,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(shoal_collector::serve(config, shutdown_signal())) {
+    if let Err(e) = config.validate() {
+        eprintln!("shoal-collector: {e}");
+        return ExitCode::from(2);
+    }
+    let shared = shoal_collector::Shared::new(config);
+    let served = runtime.block_on(async {
+        tokio::spawn(reload_on_sighup(shared.clone(), args.config.clone()));
+        shoal_collector::serve_shared(shared, shutdown_signal()).await
+    });
+    match served {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -78,6 +87,36 @@ fn main() -> ExitCode {
             eprintln!("shoal-collector: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Re-reads the config file on every SIGHUP and applies what can change
+/// while running (blocklist, series limits, ...). Without a file, SIGHUP
+/// only logs.
+async fn reload_on_sighup(shared: shoal_collector::Shared, path: Option<PathBuf>) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP, config reload disabled: {e}");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match &path {
+                Some(path) => {
+                    tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+                    // Errors are logged and counted by reload_from_file.
+                    let _ = shared.reload_from_file(path);
+                }
+                None => tracing::info!("SIGHUP: no config file to reload"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (shared, path);
     }
 }
 

@@ -1,74 +1,182 @@
 //! The collector's counts of what it received, merged and refused, exposed
 //! under `shoal_collector_` so that loss is visible.
+//!
+//! Counted in three units at once: batches, series-updates (one per series
+//! in a batch) and values (counter increments summed plus histogram samples;
+//! a gauge update is 0 values, see `shoal::Deltas::values`). Values are the
+//! unit in which conservation is exact end to end. For every batch that
+//! reaches the merge step exactly one of these holds, in every unit:
+//!
+//! `received = merged + duplicate + unknown_refs + Σ rejected(reason)`
+//!
+//! where `duplicate` and `unknown_refs` are not losses (already merged; the
+//! SDK resends), and `rejected` splits into whole-batch refusals
+//! (`invalid_field`, `invalid_sketch`, `instance_limit`) and per-series ones
+//! (`series_limit_*`, `blocked`, `kind_conflict`), whose batch merged the
+//! rest. Batches refused as `overloaded` never reach the merge step: they
+//! are counted in `batches_rejected{reason="overloaded"}` only, since the
+//! SDK keeps and resends them.
 
 use shoal::exposition::TextWriter;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Why a batch was refused.
+/// Why a batch or a series of a batch was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
-    /// A malformed field (names, labels, sizes, values).
+    /// A malformed field (names, labels, sizes, values): the whole batch.
     InvalidField,
-    /// A malformed sketch.
+    /// A malformed sketch: the whole batch.
     InvalidSketch,
-    /// A metric sent as two different kinds.
+    /// A metric sent as a different kind than it already is: that series.
     KindConflict,
-    /// The ingest queue was full.
+    /// The ingest queue was full: the whole batch, to be resent.
     Overloaded,
+    /// The instance has as many series as it may: that series.
+    SeriesLimitInstance,
+    /// The metric name has as many rollup series as it may: that series.
+    SeriesLimitMetric,
+    /// The collector holds as many rollup series as it may: that series.
+    SeriesLimitTotal,
+    /// The metric name is on the blocklist: that series.
+    Blocked,
+    /// The instance keeps defining series past its limit: the whole batch.
+    InstanceLimit,
 }
+
+const REASONS: usize = 9;
 
 impl Rejection {
     /// Every reason, for exposition.
-    pub const ALL: [Rejection; 4] = [Rejection::InvalidField, Rejection::InvalidSketch, Rejection::KindConflict, Rejection::Overloaded];
+    pub const ALL: [Rejection; REASONS] = [
+        Rejection::InvalidField,
+        Rejection::InvalidSketch,
+        Rejection::KindConflict,
+        Rejection::Overloaded,
+        Rejection::SeriesLimitInstance,
+        Rejection::SeriesLimitMetric,
+        Rejection::SeriesLimitTotal,
+        Rejection::Blocked,
+        Rejection::InstanceLimit,
+    ];
 
-    /// Label value.
+    /// Label value (also the `reason` of a `SeriesRejection`).
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::InvalidField => "invalid_field",
             Rejection::InvalidSketch => "invalid_sketch",
             Rejection::KindConflict => "kind_conflict",
             Rejection::Overloaded => "overloaded",
+            Rejection::SeriesLimitInstance => "series_limit_instance",
+            Rejection::SeriesLimitMetric => "series_limit_metric",
+            Rejection::SeriesLimitTotal => "series_limit_total",
+            Rejection::Blocked => "blocked",
+            Rejection::InstanceLimit => "instance_limit",
         }
+    }
+}
+
+/// A count in series-updates and in values.
+#[derive(Default, Debug)]
+pub struct Flow {
+    /// Series-updates.
+    pub series_updates: AtomicU64,
+    /// Values (counter increments summed, histogram samples).
+    pub values: AtomicU64,
+}
+
+impl Flow {
+    /// Adds.
+    pub fn add(&self, series_updates: u64, values: u64) {
+        self.series_updates.fetch_add(series_updates, Relaxed);
+        self.values.fetch_add(values, Relaxed);
+    }
+
+    /// Series-updates so far.
+    pub fn series_updates(&self) -> u64 {
+        self.series_updates.load(Relaxed)
+    }
+
+    /// Values so far.
+    pub fn values(&self) -> u64 {
+        self.values.load(Relaxed)
     }
 }
 
 /// Self-metrics of the collector.
 #[derive(Default, Debug)]
 pub struct Stats {
-    /// Batches received (every outcome).
+    /// Batches received (every outcome but `overloaded`).
     pub batches_received: AtomicU64,
-    /// Batches merged.
+    /// Batches merged (some of their series may have been rejected).
     pub batches_merged: AtomicU64,
     /// Batches acknowledged without merging (already merged).
     pub batches_duplicate: AtomicU64,
     /// Batches answered with unknown refs (nothing merged, SDK resends).
     pub batches_unknown_refs: AtomicU64,
-    /// Series-updates merged.
+    /// Series-updates merged (kept for compatibility: `merged.series_updates`).
     pub series_updates_merged: AtomicU64,
-    /// Series-updates in refused batches.
+    /// Series-updates refused, any reason (`Σ rejected(reason).series_updates`).
     pub series_updates_rejected: AtomicU64,
+    /// Received, in series-updates and values.
+    pub received: Flow,
+    /// Merged.
+    pub merged: Flow,
+    /// In duplicate batches (merged before).
+    pub duplicate: Flow,
+    /// In batches answered with unknown refs (to be resent).
+    pub unknown_refs: Flow,
     /// Encoded bytes of received batches.
     pub bytes_received: AtomicU64,
     /// Nanoseconds spent merging.
     pub merge_nanos: AtomicU64,
-    rejected: [AtomicU64; 4],
+    /// Batches waiting for or in the merge step now.
+    pub ingest_queue_depth: AtomicU64,
+    /// Highest `ingest_queue_depth` seen.
+    pub ingest_queue_peak: AtomicU64,
+    /// Configuration reloads applied.
+    pub config_reloads: AtomicU64,
+    /// Configuration reloads refused (the old settings stay).
+    pub config_reload_errors: AtomicU64,
+    batches_rejected: [AtomicU64; REASONS],
+    rejected: [Flow; REASONS],
 }
 
 impl Stats {
-    /// Counts a refused batch.
-    pub fn reject(&self, why: Rejection, series_updates: u64) {
-        self.rejected[why as usize].fetch_add(1, Relaxed);
+    /// Counts a batch refused as a whole.
+    pub fn reject_batch(&self, why: Rejection, series_updates: u64, values: u64) {
+        self.batches_rejected[why as usize].fetch_add(1, Relaxed);
+        self.reject_series(why, series_updates, values);
+    }
+
+    /// Counts series refused one by one.
+    pub fn reject_series(&self, why: Rejection, series_updates: u64, values: u64) {
+        self.rejected[why as usize].add(series_updates, values);
         self.series_updates_rejected.fetch_add(series_updates, Relaxed);
     }
 
-    /// Refused batches for one reason.
+    /// Counts a batch refused before reaching the merge step (overload).
+    pub fn overloaded(&self) {
+        self.batches_rejected[Rejection::Overloaded as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Batches refused as a whole for one reason.
     pub fn rejected(&self, why: Rejection) -> u64 {
-        self.rejected[why as usize].load(Relaxed)
+        self.batches_rejected[why as usize].load(Relaxed)
+    }
+
+    /// Series-updates and values refused for one reason.
+    pub fn rejected_flow(&self, why: Rejection) -> &Flow {
+        &self.rejected[why as usize]
+    }
+
+    /// Values refused, every reason.
+    pub fn values_rejected(&self) -> u64 {
+        self.rejected.iter().map(Flow::values).fold(0, u64::wrapping_add)
     }
 
     /// Writes the self-metrics.
     pub fn write(&self, w: &mut TextWriter, series: usize, instances: usize) {
-        let counters: [(&str, &AtomicU64, &str); 7] = [
+        let counters: [(&str, &AtomicU64, &str); 9] = [
             ("shoal_collector_batches_received_total", &self.batches_received, "Batches received, whatever their outcome"),
             ("shoal_collector_batches_merged_total", &self.batches_merged, "Batches merged into the rollups"),
             (
@@ -82,12 +190,29 @@ impl Stats {
                 "Batches not merged because they referred to unknown series; the SDK resends them",
             ),
             ("shoal_collector_series_updates_merged_total", &self.series_updates_merged, "Series-updates merged"),
-            ("shoal_collector_series_updates_rejected_total", &self.series_updates_rejected, "Series-updates in refused batches"),
+            ("shoal_collector_series_updates_rejected_total", &self.series_updates_rejected, "Series-updates refused, every reason"),
             ("shoal_collector_bytes_received_total", &self.bytes_received, "Encoded bytes of the batches received"),
+            ("shoal_collector_config_reloads_total", &self.config_reloads, "Configuration reloads applied (SIGHUP)"),
+            (
+                "shoal_collector_config_reload_errors_total",
+                &self.config_reload_errors,
+                "Configuration reloads refused; the old settings stay",
+            ),
         ];
         for (name, value, help) in counters {
             w.family(name, "counter", help);
             w.sample(name, &[], None, &value.load(Relaxed).to_string());
+        }
+        let flows: [(&str, &Flow, &str); 4] = [
+            ("received", &self.received, "received in batches that reached the merge step"),
+            ("merged", &self.merged, "merged into the rollups"),
+            ("duplicate", &self.duplicate, "in duplicate batches, not merged again"),
+            ("unknown_refs", &self.unknown_refs, "in batches with unknown refs, not merged (resent by the SDK)"),
+        ];
+        for (what, flow, help) in flows {
+            let name = format!("shoal_collector_values_{what}_total");
+            w.family(&name, "counter", &format!("Values (counter increments summed, histogram samples) {help}"));
+            w.sample(&name, &[], None, &flow.values().to_string());
         }
         w.family("shoal_collector_merge_seconds_total", "counter", "Time spent validating and merging batches");
         w.sample(
@@ -96,7 +221,7 @@ impl Stats {
             None,
             &shoal::exposition::format_value(self.merge_nanos.load(Relaxed) as f64 / 1e9),
         );
-        w.family("shoal_collector_batches_rejected_total", "counter", "Batches refused, by reason; nothing of them was merged");
+        w.family("shoal_collector_batches_rejected_total", "counter", "Batches refused as a whole, by reason; nothing of them was merged");
         for why in Rejection::ALL {
             w.sample(
                 "shoal_collector_batches_rejected_total",
@@ -105,6 +230,28 @@ impl Stats {
                 &self.rejected(why).to_string(),
             );
         }
+        w.family("shoal_collector_series_rejected_total", "counter", "Series-updates refused, by reason (whole batches included)");
+        for why in Rejection::ALL {
+            w.sample(
+                "shoal_collector_series_rejected_total",
+                &[("reason".into(), why.as_str().into())],
+                None,
+                &self.rejected_flow(why).series_updates().to_string(),
+            );
+        }
+        w.family("shoal_collector_values_rejected_total", "counter", "Values refused, by reason (whole batches included)");
+        for why in Rejection::ALL {
+            w.sample(
+                "shoal_collector_values_rejected_total",
+                &[("reason".into(), why.as_str().into())],
+                None,
+                &self.rejected_flow(why).values().to_string(),
+            );
+        }
+        w.family("shoal_collector_ingest_queue_depth", "gauge", "Batches waiting for or in the merge step");
+        w.sample("shoal_collector_ingest_queue_depth", &[], None, &self.ingest_queue_depth.load(Relaxed).to_string());
+        w.family("shoal_collector_ingest_queue_peak", "gauge", "Highest ingest queue depth seen");
+        w.sample("shoal_collector_ingest_queue_peak", &[], None, &self.ingest_queue_peak.load(Relaxed).to_string());
         w.family("shoal_collector_series", "gauge", "Rollup series held");
         w.sample("shoal_collector_series", &[], None, &series.to_string());
         w.family("shoal_collector_instances", "gauge", "Instances known (seen within the expiry)");

@@ -18,6 +18,15 @@ pub const MAX_LABEL_VALUE: usize = 1024;
 pub const MAX_LABELS: usize = 32;
 /// Most series-updates (and definitions) in one batch.
 pub const MAX_BATCH_SERIES: usize = 200_000;
+/// Most bytes of instance labels (keys and values) on a batch: they are
+/// copied into every series key the batch defines.
+pub const MAX_INSTANCE_LABEL_BYTES: usize = 4096;
+/// Most bytes of series keys one batch may define (instance labels
+/// included): bounds what decoding a small batch can make the collector
+/// allocate.
+pub const MAX_BATCH_KEY_BYTES: usize = 64 * 1024 * 1024;
+/// Most histogram bucket counts in one batch, both sides of every sketch.
+pub const MAX_BATCH_BUCKETS: usize = 4 * 1024 * 1024;
 
 fn invalid(message: String) -> Refused {
     Refused { reason: Rejection::InvalidField, message }
@@ -67,6 +76,9 @@ pub fn batch(req: &pb::FlushRequest) -> Result<(), Refused> {
     if req.instance_id.is_empty() || req.instance_id.len() > MAX_INSTANCE_ID {
         return Err(invalid(format!("instance_id must be 1 to {MAX_INSTANCE_ID} bytes, got {}", req.instance_id.len())));
     }
+    if req.instance_id.chars().any(char::is_control) {
+        return Err(invalid(format!("instance_id {:?} contains control characters", truncate(&req.instance_id))));
+    }
     if req.sequence == 0 {
         return Err(invalid("sequence must start at 1".into()));
     }
@@ -74,6 +86,10 @@ pub fn batch(req: &pb::FlushRequest) -> Result<(), Refused> {
         return Err(invalid(format!("interval start {} is after its end {}", req.interval_start_unix_nanos, req.interval_end_unix_nanos)));
     }
     labels(&req.instance_labels, "instance_labels")?;
+    let instance_label_bytes: usize = req.instance_labels.iter().map(|l| l.key.len() + l.value.len()).sum();
+    if instance_label_bytes > MAX_INSTANCE_LABEL_BYTES {
+        return Err(invalid(format!("instance_labels: {instance_label_bytes} bytes, at most {MAX_INSTANCE_LABEL_BYTES}")));
+    }
     let updates = req.counters.len() + req.gauges.len() + req.histograms.len();
     if updates > MAX_BATCH_SERIES || req.definitions.len() > MAX_BATCH_SERIES {
         return Err(invalid(format!(
@@ -82,7 +98,12 @@ pub fn batch(req: &pb::FlushRequest) -> Result<(), Refused> {
         )));
     }
     let mut refs = HashSet::with_capacity(req.definitions.len());
+    let mut key_bytes = 0usize;
     for d in &req.definitions {
+        key_bytes += d.name.len() + d.labels.iter().map(|l| l.key.len() + l.value.len()).sum::<usize>() + instance_label_bytes;
+        if key_bytes > MAX_BATCH_KEY_BYTES {
+            return Err(invalid(format!("definitions expand to more than {MAX_BATCH_KEY_BYTES} bytes of series keys")));
+        }
         if d.name.len() > MAX_NAME || !valid_metric_name(&d.name) {
             return Err(invalid(format!(
                 "definition of ref {}: metric name {:?} must match [a-zA-Z_:][a-zA-Z0-9_:]* and be at most {MAX_NAME} bytes",
@@ -104,6 +125,20 @@ pub fn batch(req: &pb::FlushRequest) -> Result<(), Refused> {
     if let Some(g) = req.gauges.iter().find(|g| !g.value.is_finite()) {
         return Err(invalid(format!("gauge ref {}: value {} is not finite", g.r#ref, g.value)));
     }
+    let buckets: usize = req
+        .histograms
+        .iter()
+        .filter_map(|h| h.sketch.as_ref())
+        .flat_map(|s| [&s.positive, &s.negative])
+        .flatten()
+        .map(|b| b.counts.len())
+        .sum();
+    if buckets > MAX_BATCH_BUCKETS {
+        return Err(Refused {
+            reason: Rejection::InvalidSketch,
+            message: format!("batch carries {buckets} histogram bucket counts, at most {MAX_BATCH_BUCKETS}"),
+        });
+    }
     Ok(())
 }
 
@@ -120,5 +155,37 @@ mod tests {
         assert!(!valid_metric_name("a.b"));
         assert!(valid_label_key("_x1"));
         assert!(!valid_label_key("a:b"));
+    }
+
+    fn ok() -> pb::FlushRequest {
+        pb::FlushRequest {
+            instance_id: "i".into(),
+            sequence: 1,
+            definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "a".into(), labels: vec![] }],
+            counters: vec![pb::CounterDelta { r#ref: 1, delta: 1 }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sizes_that_would_amplify_are_refused() {
+        assert!(batch(&ok()).is_ok());
+        let big_labels: Vec<pb::Label> = (0..8).map(|i| pb::Label { key: format!("k{i}"), value: "v".repeat(1000) }).collect();
+        let r = batch(&pb::FlushRequest { instance_labels: big_labels.clone(), ..ok() }).unwrap_err();
+        assert!(r.message.contains("instance_labels"), "{}", r.message);
+        // Four 1000-byte instance labels copied into 20,000 definitions: 80 MB of keys from a ~200 kB batch.
+        let definitions = (0..20_000).map(|r| pb::SeriesDefinition { r#ref: r, name: "a".into(), labels: vec![] }).collect();
+        let r = batch(&pb::FlushRequest { instance_labels: big_labels[..4].to_vec(), definitions, counters: vec![], ..ok() }).unwrap_err();
+        assert!(r.message.contains("expand"), "{}", r.message);
+        let r = batch(&pb::FlushRequest { instance_id: "a\nb".into(), ..ok() }).unwrap_err();
+        assert!(r.message.contains("control"), "{}", r.message);
+        let sketch = pb::Sketch {
+            positive: Some(pb::Buckets { offset: 0, counts: vec![0; MAX_BATCH_BUCKETS + 1], gaps: vec![] }),
+            ..Default::default()
+        };
+        let r =
+            batch(&pb::FlushRequest { histograms: vec![pb::HistogramDelta { r#ref: 1, sketch: Some(sketch) }], counters: vec![], ..ok() })
+                .unwrap_err();
+        assert_eq!(r.reason, Rejection::InvalidSketch);
     }
 }

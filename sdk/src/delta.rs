@@ -6,6 +6,7 @@
 //! read (in this delta) or after it (in the next), never in both and never in
 //! neither, so the sum of all deltas equals the sum of all updates, exactly.
 
+use crate::exposition::sanitize_metric_name;
 use crate::hot::histogram::set_bucket_extremes;
 use crate::key::SeriesKey;
 use crate::registry::Registry;
@@ -62,6 +63,39 @@ impl Deltas {
     /// Number of series-updates carried (one per series in the batch).
     pub fn series_updates(&self) -> usize {
         self.counters.len() + self.gauges.len() + self.histograms.len()
+    }
+
+    /// Values carried: the unit in which shoal's conservation counts are
+    /// exact. A counter delta of `n` is `n` values (its increments summed), a
+    /// histogram delta of `n` samples is `n` values, a gauge is 0 values (a
+    /// last-value observation: sent again every flush, never summed).
+    /// Taking, absorbing and merging preserve it exactly, which series-updates
+    /// do not (two takes of one series absorb into one series-update).
+    pub fn values(&self) -> u64 {
+        let counters = self.counters.iter().fold(0u64, |a, c| a.wrapping_add(c.delta));
+        let histograms = self.histograms.iter().fold(0u64, |a, h| a.wrapping_add(h.sketch.count()));
+        counters.wrapping_add(histograms)
+    }
+
+    /// Removes the series whose metric name `blocklist` blocks and returns
+    /// them. Matches the name as it goes on the wire (sanitised), as the
+    /// collector does.
+    pub fn remove_blocked(&mut self, blocklist: &Blocklist) -> Deltas {
+        let mut removed = Deltas::default();
+        if blocklist.is_empty() {
+            return removed;
+        }
+        let blocked = |key: &SeriesKey| blocklist.blocks(key.name());
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.counters).into_iter().partition(|c| !blocked(&c.key));
+        self.counters = keep;
+        removed.counters = drop;
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.gauges).into_iter().partition(|g| !blocked(&g.key));
+        self.gauges = keep;
+        removed.gauges = drop;
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.histograms).into_iter().partition(|h| !blocked(&h.key));
+        self.histograms = keep;
+        removed.histograms = drop;
+        removed
     }
 
     /// Delta of a counter by canonical id (`name{k="v"}`).
@@ -124,6 +158,52 @@ impl Deltas {
     }
 }
 
+/// Metric names and glob patterns (`*`, `?`, `[abc]`, `{a,b}`) whose series
+/// are not sent. The collector pushes it in every flush response; the flusher
+/// applies it when it takes deltas, so a blocked series costs the hot path
+/// nothing beyond what a live series costs, and its deltas are taken (so they
+/// never pile up) and dropped, counted. An empty list blocks nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Blocklist {
+    patterns: Vec<String>,
+    set: globset::GlobSet,
+}
+
+impl Blocklist {
+    /// Compiles patterns; the error names the bad one.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Blocklist, String> {
+        let mut builder = globset::GlobSetBuilder::new();
+        for p in patterns {
+            let p = p.as_ref();
+            let glob =
+                globset::GlobBuilder::new(p).literal_separator(false).build().map_err(|e| format!("blocklist pattern {p:?}: {e}"))?;
+            builder.add(glob);
+        }
+        let set = builder.build().map_err(|e| format!("blocklist: {e}"))?;
+        Ok(Blocklist { patterns: patterns.iter().map(|p| p.as_ref().to_string()).collect(), set })
+    }
+
+    /// The patterns, as given.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// True if nothing is blocked.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// True if a series of this metric name is blocked. The name is
+    /// sanitised first (`a.b` is matched as `a_b`), as on the wire.
+    pub fn blocks(&self, name: &str) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
+        let wire = sanitize_metric_name(name);
+        self.set.is_match(wire.as_str())
+    }
+}
+
 /// Takes the deltas of every series. The caller serialises takes.
 pub(crate) fn take(registry: &Registry) -> Deltas {
     let mut deltas = Deltas::default();
@@ -151,4 +231,33 @@ pub(crate) fn take(registry: &Registry) -> Deltas {
         deltas.histograms.push(HistogramDelta { key: series.key.clone(), sketch: delta });
     }
     deltas
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocklist_matches_names_and_globs_and_keeps_the_rest() {
+        let b = Blocklist::new(&["debug_*", "exact_total", "tmp_{a,b}_seconds"]).unwrap();
+        assert!(b.blocks("debug_anything"));
+        assert!(b.blocks("exact_total"));
+        assert!(b.blocks("tmp_b_seconds"));
+        assert!(b.blocks("debug.dotted"), "matched as sent on the wire");
+        assert!(!b.blocks("exact_total_2"));
+        assert!(!b.blocks("http_requests_total"));
+        assert!(Blocklist::new(&["a["]).unwrap_err().contains("a["));
+        let key = |n: &str| Arc::new(SeriesKey::new(n, std::iter::empty::<(String, String)>()));
+        let mut d = Deltas {
+            counters: vec![CounterDelta { key: key("debug_x"), delta: 3 }, CounterDelta { key: key("ok"), delta: 4 }],
+            gauges: vec![GaugeValue { key: key("exact_total"), value: 1.0 }],
+            histograms: vec![],
+        };
+        assert_eq!(d.values(), 7);
+        let removed = d.remove_blocked(&b);
+        assert_eq!((removed.values(), removed.series_updates()), (3, 2));
+        assert_eq!((d.values(), d.series_updates()), (4, 1));
+        assert!(Blocklist::default().is_empty());
+        assert_eq!(d.clone().remove_blocked(&Blocklist::default()).series_updates(), 0);
+    }
 }

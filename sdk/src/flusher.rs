@@ -10,7 +10,7 @@
 //! sketches merge), so an outage costs memory per series, not per interval.
 //! Retries back off exponentially with jitter.
 
-use crate::delta::Deltas;
+use crate::delta::{Blocklist, Deltas};
 use crate::error::Error;
 use crate::exposition::{sanitize_label_name, sanitize_metric_name, TextWriter};
 use crate::shoal::Inner;
@@ -35,7 +35,50 @@ pub(crate) struct FlusherConfig {
     pub(crate) shutdown_timeout: Duration,
 }
 
+/// Why the SDK dropped deltas it had taken. Every value dropped is counted
+/// under exactly one reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The series matches the collector's blocklist.
+    Blocked,
+    /// The collector refused the whole batch as malformed or over an
+    /// instance-wide limit (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`):
+    /// resending it could never succeed.
+    Refused,
+    /// The collector merged the batch but refused these series one by one
+    /// (series limits, blocklist, kind conflicts).
+    Rejected,
+    /// Still unacknowledged when shutdown's final flush gave up.
+    Shutdown,
+}
+
+impl DropReason {
+    /// Every reason, in exposition order.
+    pub const ALL: [DropReason; 4] = [DropReason::Blocked, DropReason::Refused, DropReason::Rejected, DropReason::Shutdown];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Blocked => "blocked",
+            DropReason::Refused => "refused",
+            DropReason::Rejected => "rejected",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// What the flusher has done, exposed under `shoal_flush_`.
+///
+/// Conservation, in values (see [`Deltas::values`]: counter increments
+/// summed, histogram samples; gauges are 0 values): every value recorded is
+/// eventually taken, and every value taken is in exactly one of
+/// acknowledged (merged by the collector), dropped (by reason) or pending:
+///
+/// `values_taken = values_acknowledged + Σ values_dropped(reason) + values_pending`
+///
+/// and after a successful shutdown `values_pending = 0`. The same identity
+/// holds for series-updates only per batch, because absorbing two takes of a
+/// series into one pending batch makes one series-update of two.
 #[derive(Debug, Default)]
 pub struct FlusherStats {
     /// Send attempts (retries included).
@@ -47,6 +90,11 @@ pub struct FlusherStats {
     pub batches_duplicate: AtomicU64,
     /// Send attempts that failed or timed out (the batch is kept).
     pub batches_failed: AtomicU64,
+    /// Send attempts the collector answered `RESOURCE_EXHAUSTED` (it is
+    /// overloaded; the batch is kept and resent after the hint).
+    pub batches_overloaded: AtomicU64,
+    /// Batches the collector refused as a whole and that were dropped.
+    pub batches_refused: AtomicU64,
     /// Series-updates in send attempts.
     pub series_updates_sent: AtomicU64,
     /// Series-updates acknowledged.
@@ -55,29 +103,105 @@ pub struct FlusherStats {
     pub bytes_sent: AtomicU64,
     /// Series waiting to be acknowledged (in flight plus accumulating).
     pub pending_series: AtomicU64,
+    /// Values taken from the recording cells (counter increments summed,
+    /// histogram samples): everything recorded, once taken.
+    pub values_taken: AtomicU64,
+    /// Values in acknowledged batches that the collector merged.
+    pub values_acknowledged: AtomicU64,
+    /// Values held, not yet acknowledged.
+    pub values_pending: AtomicU64,
+    /// Series-updates taken from the recording cells (one per changed series per take).
+    pub series_updates_taken: AtomicU64,
+    values_dropped: [AtomicU64; 4],
+    series_updates_dropped: [AtomicU64; 4],
+    blocklist: parking_lot::Mutex<Vec<String>>,
 }
 
 impl FlusherStats {
+    /// Values dropped for one reason.
+    pub fn values_dropped(&self, why: DropReason) -> u64 {
+        self.values_dropped[why as usize].load(Relaxed)
+    }
+
+    /// Values dropped, all reasons.
+    pub fn values_dropped_total(&self) -> u64 {
+        DropReason::ALL.iter().map(|&r| self.values_dropped(r)).sum()
+    }
+
+    /// Series-updates dropped for one reason.
+    pub fn series_updates_dropped(&self, why: DropReason) -> u64 {
+        self.series_updates_dropped[why as usize].load(Relaxed)
+    }
+
+    /// The blocklist last received from the collector.
+    pub fn blocklist(&self) -> Vec<String> {
+        self.blocklist.lock().clone()
+    }
+
+    fn drop_deltas(&self, why: DropReason, deltas: &Deltas) {
+        self.drop_counts(why, deltas.values(), deltas.series_updates() as u64);
+    }
+
+    fn drop_counts(&self, why: DropReason, values: u64, series_updates: u64) {
+        self.values_dropped[why as usize].fetch_add(values, Relaxed);
+        self.series_updates_dropped[why as usize].fetch_add(series_updates, Relaxed);
+    }
+
     pub(crate) fn write(&self, w: &mut TextWriter) {
-        let counters: [(&str, &AtomicU64, &str); 7] = [
+        let counters: [(&str, &AtomicU64, &str); 12] = [
             ("shoal_flush_batches_sent_total", &self.batches_sent, "Batch send attempts, retries included"),
             ("shoal_flush_batches_acknowledged_total", &self.batches_acknowledged, "Batches acknowledged by the collector"),
             ("shoal_flush_batches_duplicate_total", &self.batches_duplicate, "Acknowledged batches the collector had already merged"),
             ("shoal_flush_batches_failed_total", &self.batches_failed, "Batch send attempts that failed; the batch is kept and resent"),
+            (
+                "shoal_flush_batches_overloaded_total",
+                &self.batches_overloaded,
+                "Batch send attempts refused by an overloaded collector; the batch is kept and resent after a backoff",
+            ),
+            ("shoal_flush_batches_refused_total", &self.batches_refused, "Batches the collector refused as a whole; dropped and counted"),
             ("shoal_flush_series_updates_sent_total", &self.series_updates_sent, "Series-updates in batch send attempts"),
             (
                 "shoal_flush_series_updates_acknowledged_total",
                 &self.series_updates_acknowledged,
                 "Series-updates acknowledged by the collector",
             ),
+            ("shoal_flush_series_updates_taken_total", &self.series_updates_taken, "Series-updates taken from the recording cells"),
             ("shoal_flush_bytes_sent_total", &self.bytes_sent, "Encoded protobuf bytes sent"),
+            (
+                "shoal_flush_values_taken_total",
+                &self.values_taken,
+                "Values taken from the recording cells (counter increments summed, histogram samples)",
+            ),
+            ("shoal_flush_values_acknowledged_total", &self.values_acknowledged, "Values the collector acknowledged and merged"),
         ];
         for (name, value, help) in counters {
             w.family(name, "counter", help);
             w.sample(name, &[], None, &value.load(Relaxed).to_string());
         }
+        w.family("shoal_flush_values_dropped_total", "counter", "Values taken but never merged, by reason");
+        for why in DropReason::ALL {
+            w.sample(
+                "shoal_flush_values_dropped_total",
+                &[("reason".into(), why.as_str().into())],
+                None,
+                &self.values_dropped(why).to_string(),
+            );
+        }
+        w.family("shoal_flush_series_updates_dropped_total", "counter", "Series-updates taken but never merged, by reason");
+        for why in DropReason::ALL {
+            w.sample(
+                "shoal_flush_series_updates_dropped_total",
+                &[("reason".into(), why.as_str().into())],
+                None,
+                &self.series_updates_dropped(why).to_string(),
+            );
+        }
         w.family("shoal_flush_pending_series", "gauge", "Series held for the collector, not yet acknowledged");
         w.sample("shoal_flush_pending_series", &[], None, &self.pending_series.load(Relaxed).to_string());
+        w.family("shoal_flush_pending_values", "gauge", "Values held for the collector, not yet acknowledged");
+        w.sample("shoal_flush_pending_values", &[], None, &self.values_pending.load(Relaxed).to_string());
+        w.family("shoal_flush_blocklist_patterns", "gauge", "Patterns in the blocklist last received from the collector");
+        w.sample("shoal_flush_blocklist_patterns", &[], None, &self.blocklist.lock().len().to_string());
     }
 }
 
@@ -165,6 +289,11 @@ struct State {
     epoch: Option<u64>,
     backoff: Duration,
     retry_at: Option<Instant>,
+    blocklist: Blocklist,
+    /// Something was blocked since the last response: send even an empty
+    /// batch, so that an instance whose every series is blocked still hears
+    /// when the collector lifts the block.
+    poll_blocklist: bool,
 }
 
 fn unix_nanos() -> u64 {
@@ -173,6 +302,14 @@ fn unix_nanos() -> u64 {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Response metadata key of the collector's retry hint on `RESOURCE_EXHAUSTED`.
+pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
+
+/// The collector's retry hint, capped at [`MAX_BACKOFF`].
+fn retry_hint(status: &tonic::Status) -> Option<Duration> {
+    let ms: u64 = status.metadata().get(RETRY_AFTER_METADATA)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_millis(ms).min(MAX_BACKOFF))
+}
 
 impl State {
     fn new(inner: Arc<Inner>, client: IngestClient<Channel>, runtime: tokio::runtime::Runtime, config: FlusherConfig) -> State {
@@ -190,6 +327,8 @@ impl State {
             epoch: None,
             backoff: MIN_BACKOFF,
             retry_at: None,
+            blocklist: Blocklist::default(),
+            poll_blocklist: false,
         }
     }
 
@@ -203,7 +342,7 @@ impl State {
                     let _ = reply.send(self.flush_all());
                 }
                 Ok(Command::Shutdown(reply)) => {
-                    let _ = reply.send(self.flush_all());
+                    let _ = reply.send(self.final_flush());
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -218,7 +357,7 @@ impl State {
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.flush_all();
+                    let _ = self.final_flush();
                     return;
                 }
             }
@@ -229,16 +368,63 @@ impl State {
         self.config.interval.clamp(Duration::from_millis(500), Duration::from_secs(10))
     }
 
-    /// Moves everything recorded since the last take into the accumulating deltas.
+    /// Moves everything recorded since the last take into the accumulating
+    /// deltas, dropping (and counting) what the blocklist blocks.
     fn collect(&mut self) {
-        let fresh = self.inner.take_deltas();
+        let mut fresh = self.inner.take_deltas();
+        let stats = &self.inner.flusher_stats;
+        stats.values_taken.fetch_add(fresh.values(), Relaxed);
+        stats.series_updates_taken.fetch_add(fresh.series_updates() as u64, Relaxed);
+        let blocked = fresh.remove_blocked(&self.blocklist);
+        stats.drop_deltas(DropReason::Blocked, &blocked);
+        self.poll_blocklist |= !blocked.is_empty();
         self.accumulating.absorb(fresh);
         self.update_pending();
     }
 
     fn update_pending(&self) {
-        let pending = self.accumulating.series_updates() + self.in_flight.as_ref().map_or(0, |b| b.deltas.series_updates());
+        let in_flight = self.in_flight.as_ref().map(|b| &b.deltas);
+        let pending = self.accumulating.series_updates() + in_flight.map_or(0, |d| d.series_updates());
+        let values = self.accumulating.values().wrapping_add(in_flight.map_or(0, |d| d.values()));
         self.inner.flusher_stats.pending_series.store(pending as u64, Relaxed);
+        self.inner.flusher_stats.values_pending.store(values, Relaxed);
+    }
+
+    /// Replaces the blocklist if the collector sent a different one; drops
+    /// (and counts) the newly blocked series of the accumulating deltas. The
+    /// batch in flight is immutable and goes as it is (the collector rejects
+    /// blocked series itself).
+    fn apply_blocklist(&mut self, patterns: Vec<String>) {
+        if patterns.as_slice() == self.blocklist.patterns() {
+            return;
+        }
+        match Blocklist::new(&patterns) {
+            Ok(b) => {
+                tracing::info!(target: "shoal::flusher", "blocklist from the collector: {patterns:?}");
+                self.blocklist = b;
+                *self.inner.flusher_stats.blocklist.lock() = patterns;
+                let blocked = self.accumulating.remove_blocked(&self.blocklist);
+                self.inner.flusher_stats.drop_deltas(DropReason::Blocked, &blocked);
+                self.update_pending();
+            }
+            Err(e) => tracing::warn!(target: "shoal::flusher", "ignoring the collector's blocklist: {e}"),
+        }
+    }
+
+    /// Shutdown's flush: what is still unacknowledged when it gives up is
+    /// dropped, and counted.
+    fn final_flush(&mut self) -> Result<(), Error> {
+        let result = self.flush_all();
+        if result.is_err() {
+            let stats = &self.inner.flusher_stats;
+            if let Some(batch) = self.in_flight.take() {
+                stats.drop_deltas(DropReason::Shutdown, &batch.deltas);
+            }
+            let rest = std::mem::take(&mut self.accumulating);
+            stats.drop_deltas(DropReason::Shutdown, &rest);
+            self.update_pending();
+        }
+        result
     }
 
     /// Sends until nothing is pending or the shutdown timeout passes.
@@ -246,19 +432,24 @@ impl State {
         let deadline = Instant::now() + self.config.shutdown_timeout;
         self.collect();
         loop {
-            if self.in_flight.is_none() && self.accumulating.is_empty() {
+            if self.in_flight.is_none() && self.accumulating.is_empty() && !self.poll_blocklist {
                 return Ok(());
+            }
+            if let Some(at) = self.retry_at {
+                // Honour the backoff (and an overloaded collector's hint).
+                if at > deadline {
+                    return Err(Error::Flush("the collector asked to retry after the deadline".into()));
+                }
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(Error::Flush("deadline passed with deltas still unacknowledged".into()));
             }
             if let SendOutcome::Failed(why) = self.send_once(remaining.min(self.request_timeout())) {
-                let wait = self.backoff.min(deadline.saturating_duration_since(Instant::now()));
-                if wait.is_zero() {
+                if Instant::now() >= deadline {
                     return Err(Error::Flush(why));
                 }
-                std::thread::sleep(wait);
             }
         }
     }
@@ -268,7 +459,7 @@ impl State {
     /// the collector asked for definitions.
     fn send_once(&mut self, timeout: Duration) -> SendOutcome {
         if self.in_flight.is_none() {
-            if self.accumulating.is_empty() {
+            if self.accumulating.is_empty() && !self.poll_blocklist {
                 return SendOutcome::Acknowledged;
             }
             self.sequence += 1;
@@ -279,7 +470,7 @@ impl State {
         }
         for _attempt in 0..2 {
             let (request, refs_in_batch) = self.encode();
-            let stats = &self.inner.flusher_stats;
+            let stats = self.inner.flusher_stats.clone();
             let updates = self.in_flight.as_ref().map_or(0, |b| b.deltas.series_updates()) as u64;
             stats.batches_sent.fetch_add(1, Relaxed);
             stats.series_updates_sent.fetch_add(updates, Relaxed);
@@ -288,13 +479,15 @@ impl State {
             let result = self.runtime.block_on(async move { tokio::time::timeout(timeout, client.flush(request)).await });
             let response = match result {
                 Ok(Ok(r)) => r.into_inner(),
-                Ok(Err(status)) => return self.failed(format!("collector answered {:?}: {}", status.code(), status.message())),
-                Err(_) => return self.failed(format!("no answer within {timeout:?}")),
+                Ok(Err(status)) => return self.refused(status),
+                Err(_) => return self.failed(format!("no answer within {timeout:?}"), None),
             };
             if self.epoch != Some(response.collector_epoch) {
                 self.epoch = Some(response.collector_epoch);
                 self.known.clear();
             }
+            self.poll_blocklist = false;
+            self.apply_blocklist(response.blocklist);
             if !response.unknown_refs.is_empty() {
                 // The collector forgot our definitions: resend them all.
                 self.known.clear();
@@ -302,29 +495,94 @@ impl State {
             }
             let sequence = self.in_flight.as_ref().map_or(0, |b| b.sequence);
             if response.acknowledged_sequence != sequence {
-                return self.failed(format!("collector acknowledged {} for batch {sequence}", response.acknowledged_sequence));
+                return self.failed(format!("collector acknowledged {} for batch {sequence}", response.acknowledged_sequence), None);
             }
             self.known.extend(refs_in_batch);
+            let batch = self.in_flight.take().expect("a batch is in flight");
+            let (rejected_values, rejected_updates) = self.rejected_in(&batch.deltas, &response.rejected);
+            stats.drop_counts(DropReason::Rejected, rejected_values, rejected_updates);
+            if !response.rejected.is_empty() {
+                let first = &response.rejected[0];
+                tracing::debug!(
+                    target: "shoal::flusher",
+                    "collector rejected {} series (first: {}: {})",
+                    response.rejected.len(),
+                    first.reason,
+                    first.message
+                );
+            }
             stats.batches_acknowledged.fetch_add(1, Relaxed);
-            stats.series_updates_acknowledged.fetch_add(updates, Relaxed);
+            stats.series_updates_acknowledged.fetch_add(updates - rejected_updates, Relaxed);
+            stats.values_acknowledged.fetch_add(batch.deltas.values().wrapping_sub(rejected_values), Relaxed);
             if response.duplicate {
                 stats.batches_duplicate.fetch_add(1, Relaxed);
             }
-            self.in_flight = None;
             self.backoff = MIN_BACKOFF;
             self.retry_at = None;
             self.update_pending();
             return SendOutcome::Acknowledged;
         }
-        self.failed("collector kept asking for series definitions".into())
+        self.failed("collector kept asking for series definitions".into(), None)
     }
 
-    fn failed(&mut self, why: String) -> SendOutcome {
+    /// Values and series-updates of `deltas` whose refs the collector rejected.
+    fn rejected_in(&self, deltas: &Deltas, rejected: &[pb::SeriesRejection]) -> (u64, u64) {
+        if rejected.is_empty() {
+            return (0, 0);
+        }
+        let refs: HashSet<u32> = rejected.iter().map(|r| r.r#ref).collect();
+        let hit = |key: &crate::key::SeriesKey| self.refs.get(key.canonical()).is_some_and(|r| refs.contains(r));
+        let (mut values, mut updates) = (0u64, 0u64);
+        for c in deltas.counters.iter().filter(|c| hit(&c.key)) {
+            values = values.wrapping_add(c.delta);
+            updates += 1;
+        }
+        updates += deltas.gauges.iter().filter(|g| hit(&g.key)).count() as u64;
+        for h in deltas.histograms.iter().filter(|h| hit(&h.key)) {
+            values = values.wrapping_add(h.sketch.count());
+            updates += 1;
+        }
+        (values, updates)
+    }
+
+    /// An error status: overload backs off (with the hint), a refusal of the
+    /// batch as such drops it (resending could never succeed), anything else
+    /// is a failed attempt.
+    fn refused(&mut self, status: tonic::Status) -> SendOutcome {
+        let why = format!("collector answered {:?}: {}", status.code(), status.message());
+        match status.code() {
+            tonic::Code::ResourceExhausted => {
+                self.inner.flusher_stats.batches_overloaded.fetch_add(1, Relaxed);
+                self.failed(why, Some(retry_hint(&status).unwrap_or(self.backoff)))
+            }
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+                let stats = &self.inner.flusher_stats;
+                if let Some(batch) = self.in_flight.take() {
+                    tracing::warn!(target: "shoal::flusher", "batch {} dropped: {why}", batch.sequence);
+                    stats.batches_refused.fetch_add(1, Relaxed);
+                    stats.drop_deltas(DropReason::Refused, &batch.deltas);
+                }
+                // The collector may have bound some refs before refusing: define them all again.
+                self.known.clear();
+                self.update_pending();
+                SendOutcome::Failed(why)
+            }
+            _ => self.failed(why, None),
+        }
+    }
+
+    /// A failed attempt: the batch is kept; the next one waits an
+    /// exponential backoff with jitter, or the collector's hint (jittered
+    /// upwards by up to half of it) if that is longer.
+    fn failed(&mut self, why: String, hint: Option<Duration>) -> SendOutcome {
         self.inner.flusher_stats.batches_failed.fetch_add(1, Relaxed);
         tracing::debug!(target: "shoal::flusher", "flush failed: {why}");
-        // Full jitter on an exponential backoff.
-        let jittered = rand::thread_rng().gen_range(self.backoff / 2..=self.backoff);
-        self.retry_at = Some(Instant::now() + jittered);
+        let mut rng = rand::thread_rng();
+        let mut wait = rng.gen_range(self.backoff / 2..=self.backoff);
+        if let Some(hint) = hint {
+            wait = wait.max(hint + rng.gen_range(Duration::ZERO..=hint / 2));
+        }
+        self.retry_at = Some(Instant::now() + wait);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         self.update_pending();
         SendOutcome::Failed(why)

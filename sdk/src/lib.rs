@@ -57,7 +57,7 @@ pub mod wire;
 
 pub use crate::delta::{CounterDelta, Deltas, GaugeValue, HistogramDelta};
 pub use crate::error::Error;
-pub use crate::flusher::FlusherStats;
+pub use crate::flusher::{DropReason, FlusherStats};
 pub use crate::handles::{Counter, Gauge, Histogram};
 pub use crate::key::SeriesKey;
 pub use crate::shoal::{write_summary, Identity, Shoal, ShoalBuilder, DEFAULT_CARDINALITY_LIMIT, DEFAULT_FLUSH_INTERVAL};

@@ -281,6 +281,9 @@ enum Exposed {
     Summary(Sketch),
 }
 
+/// An exposed family: its TYPE, its HELP, and its series by exposed key.
+type Family = (&'static str, String, BTreeMap<String, (Vec<(String, String)>, Exposed)>);
+
 fn render(inner: &Inner) -> String {
     let reg = &inner.registry;
     let descriptions = reg.descriptions.read().clone();
@@ -289,7 +292,7 @@ fn render(inner: &Inner) -> String {
         help_text(d.map(|d| d.text.as_str()), d.and_then(|d| d.unit).map(|u| u.as_str()), fallback)
     };
     // Exposed name -> (kind, help, exposed key -> value), in name order.
-    let mut families: BTreeMap<String, (&'static str, String, BTreeMap<String, (Vec<(String, String)>, Exposed)>)> = BTreeMap::new();
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
     let mut add = |key: &SeriesKey, kind: &'static str, fallback: &str, value: Exposed| {
         let exposed = exposed_key(key);
         let family = families.entry(exposed.name().to_string()).or_insert_with(|| (kind, help(key.name(), fallback), BTreeMap::new()));

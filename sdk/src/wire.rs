@@ -50,48 +50,103 @@ pub fn sketch_from_proto(p: &pb::Sketch) -> Result<Sketch, String> {
         return Err(format!("sketch scale {} outside {MIN_SCALE}..={MAX_SCALE}", p.scale));
     }
     let (lowest, highest) = crate::sketch::mapping::index_range(p.scale);
-    let store = |b: &Option<pb::Buckets>, side: &str| -> Result<BucketStore, String> {
-        let Some(b) = b else { return Ok(BucketStore::default()) };
-        if b.counts.len() > MAX_WIRE_BUCKETS {
-            return Err(format!("{side} buckets: {} counts, at most {MAX_WIRE_BUCKETS}", b.counts.len()));
+    let positive = decode_side(&p.positive, "positive", lowest, highest, p.scale)?;
+    let negative = decode_side(&p.negative, "negative", lowest, highest, p.scale)?;
+    // A sparse side costs a few bytes per bucket on the wire but its whole
+    // span in memory: past MAX_DECODED_SPAN slots, decode at a coarser scale
+    // (an exact downscale; the error bound widens only for such absurdly wide
+    // sketches, 77 decades at scale 6).
+    let span = positive.span().max(negative.span());
+    let mut shift = 0u32;
+    while (span >> shift) > MAX_DECODED_SPAN as u64 && p.scale - (shift as i32) > MIN_SCALE {
+        shift += 1;
+    }
+    Sketch::from_parts(p.scale - shift as i32, p.zero_count, positive.into_store(shift), negative.into_store(shift), p.sum, p.min, p.max)
+}
+
+/// Most slots a decoded side may span before it is decoded at a coarser scale.
+pub const MAX_DECODED_SPAN: usize = 16_384;
+
+enum Side<'a> {
+    Empty,
+    Dense(i32, &'a [u64]),
+    Sparse(Vec<(i64, u64)>),
+}
+
+impl Side<'_> {
+    fn span(&self) -> u64 {
+        match self {
+            Side::Empty => 0,
+            Side::Dense(_, counts) => counts.len() as u64,
+            Side::Sparse(entries) => match (entries.first(), entries.last()) {
+                (Some(f), Some(l)) => (l.0 - f.0 + 1) as u64,
+                _ => 0,
+            },
         }
-        let mut total: u64 = 0;
-        for &c in &b.counts {
-            total = total.checked_add(c).ok_or_else(|| format!("{side} bucket counts overflow u64"))?;
-        }
-        let in_range = |first: i64, last: i64| first >= lowest as i64 && last <= highest as i64;
-        if b.gaps.is_empty() {
-            let last = b.offset as i64 + b.counts.len() as i64 - 1;
-            if !b.counts.is_empty() && !in_range(b.offset as i64, last) {
-                return Err(format!("{side} buckets [{}, {last}] outside the range [{lowest}, {highest}] of scale {}", b.offset, p.scale));
+    }
+
+    fn into_store(self, shift: u32) -> BucketStore {
+        match self {
+            Side::Empty => BucketStore::default(),
+            Side::Dense(offset, counts) if shift == 0 => BucketStore::from_counts(offset, counts),
+            Side::Dense(offset, counts) => {
+                let mut store = BucketStore::default();
+                for (i, &c) in counts.iter().enumerate() {
+                    store.add((offset as i64 + i as i64) as i32 >> shift, c);
+                }
+                store
             }
-            return Ok(BucketStore::from_counts(b.offset, &b.counts));
-        }
-        if b.gaps.len() != b.counts.len() {
-            return Err(format!("{side} buckets: {} gaps for {} counts", b.gaps.len(), b.counts.len()));
-        }
-        let mut index = b.offset as i64;
-        let mut indices = Vec::with_capacity(b.gaps.len());
-        for (k, &gap) in b.gaps.iter().enumerate() {
-            if k > 0 && gap == 0 {
-                return Err(format!("{side} buckets: gap {k} is 0 (indices must increase)"));
+            Side::Sparse(entries) => {
+                let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return BucketStore::default() };
+                let first = (first.0 as i32) >> shift;
+                let last = (last.0 as i32) >> shift;
+                let mut dense = vec![0u64; (last as i64 - first as i64 + 1) as usize];
+                for (i, c) in entries {
+                    let slot = &mut dense[((i as i32 >> shift) - first) as usize];
+                    *slot = slot.saturating_add(c);
+                }
+                BucketStore::from_counts(first, &dense)
             }
-            index += gap as i64;
-            if !in_range(index, index) {
-                return Err(format!("{side} bucket {index} outside the range [{lowest}, {highest}] of scale {}", p.scale));
-            }
-            indices.push(index as i32);
         }
-        let (first, last) = (indices[0], indices[indices.len() - 1]);
-        let mut dense = vec![0u64; (last as i64 - first as i64 + 1) as usize];
-        for (&i, &c) in indices.iter().zip(&b.counts) {
-            dense[(i - first) as usize] = c;
+    }
+}
+
+fn decode_side<'a>(b: &'a Option<pb::Buckets>, side: &str, lowest: i32, highest: i32, scale: i32) -> Result<Side<'a>, String> {
+    let Some(b) = b else { return Ok(Side::Empty) };
+    if b.counts.len() > MAX_WIRE_BUCKETS {
+        return Err(format!("{side} buckets: {} counts, at most {MAX_WIRE_BUCKETS}", b.counts.len()));
+    }
+    let mut total: u64 = 0;
+    for &c in &b.counts {
+        total = total.checked_add(c).ok_or_else(|| format!("{side} bucket counts overflow u64"))?;
+    }
+    let in_range = |first: i64, last: i64| first >= lowest as i64 && last <= highest as i64;
+    if b.counts.is_empty() {
+        return Ok(Side::Empty);
+    }
+    if b.gaps.is_empty() {
+        let last = b.offset as i64 + b.counts.len() as i64 - 1;
+        if !in_range(b.offset as i64, last) {
+            return Err(format!("{side} buckets [{}, {last}] outside the range [{lowest}, {highest}] of scale {scale}", b.offset));
         }
-        Ok(BucketStore::from_counts(first, &dense))
-    };
-    let positive = store(&p.positive, "positive")?;
-    let negative = store(&p.negative, "negative")?;
-    Sketch::from_parts(p.scale, p.zero_count, positive, negative, p.sum, p.min, p.max)
+        return Ok(Side::Dense(b.offset, &b.counts));
+    }
+    if b.gaps.len() != b.counts.len() {
+        return Err(format!("{side} buckets: {} gaps for {} counts", b.gaps.len(), b.counts.len()));
+    }
+    let mut index = b.offset as i64;
+    let mut entries = Vec::with_capacity(b.gaps.len());
+    for (k, (&gap, &count)) in b.gaps.iter().zip(&b.counts).enumerate() {
+        if k > 0 && gap == 0 {
+            return Err(format!("{side} buckets: gap {k} is 0 (indices must increase)"));
+        }
+        index += gap as i64;
+        if !in_range(index, index) {
+            return Err(format!("{side} bucket {index} outside the range [{lowest}, {highest}] of scale {scale}"));
+        }
+        entries.push((index, count));
+    }
+    Ok(Side::Sparse(entries))
 }
 
 /// Labels as protobuf messages.
@@ -115,6 +170,24 @@ mod tests {
         assert_eq!(sketch_from_proto(&p).unwrap(), s);
         use prost::Message;
         assert!(p.encoded_len() < 100, "{} bytes", p.encoded_len());
+    }
+
+    #[test]
+    fn a_tiny_message_cannot_claim_a_huge_span() {
+        let (lowest, highest) = crate::sketch::mapping::index_range(6);
+        let p = pb::Sketch {
+            scale: 6,
+            zero_count: 0,
+            sum: 2.0,
+            min: 1e-300,
+            max: 1e300,
+            positive: Some(pb::Buckets { offset: lowest, counts: vec![1, 1], gaps: vec![0, (highest - lowest) as u32] }),
+            negative: None,
+        };
+        let s = sketch_from_proto(&p).unwrap();
+        assert!(s.scale() < 6, "decoded at a coarser scale");
+        assert!(s.memory_bytes() < 64 * 1024, "{} bytes", s.memory_bytes());
+        assert_eq!(s.count(), 2);
     }
 
     #[test]

@@ -48,7 +48,9 @@ impl Hasher for PrehashedKey {
 /// memory when a thread touches many series or many `Shoal`s come and go).
 const THREAD_CACHE_LIMIT: usize = 4096;
 
-type ThreadCache = HashMap<u64, FastMap<Arc<dyn Any + Send + Sync>>>;
+/// Family id -> (facade key -> series). Both levels hash with the identity
+/// of a precomputed u64 (the id, the key's own hash): no hashing per lookup.
+type ThreadCache = HashMap<u64, FastMap<Arc<dyn Any + Send + Sync>>, BuildHasherDefault<PrehashedKey>>;
 
 thread_local! {
     /// (family id, facade key) -> series, for keys with a series of their own.

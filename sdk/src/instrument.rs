@@ -482,9 +482,12 @@ impl Callsite {
                     self.register(recorder, can_fail)
                 }))
             } else {
-                if self.described.swap(addr, Relaxed) != addr {
-                    self.describe(recorder);
-                }
+                // A local recorder (tests): describe every time. Remembering
+                // the last address described to is not enough: another
+                // recorder can take the same address, or another thread can
+                // describe to its own recorder in between.
+                self.described.store(addr, Relaxed);
+                self.describe(recorder);
                 HandlesRef::Local(self.register(recorder, can_fail))
             }
         });

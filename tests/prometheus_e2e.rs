@@ -3,7 +3,7 @@
 //! collector, Prometheus scrapes the collector's `/metrics` every second, and
 //! PromQL over Prometheus's HTTP API must return the exact cluster counter
 //! total and the very quantiles the collector computed from merged sketches.
-//! The PromQL queries are the ones `docs/prometheus.md` documents.
+//! The PromQL queries are the ones the README documents (section "Scraping with Prometheus").
 //!
 //! Every process started here is killed by pid when the test ends, also when
 //! it fails (see `common::PrometheusServer`). Fails, never skips, when the
@@ -23,7 +23,7 @@ const AWKWARD: [&str; 3] = [r#"say "hi""#, r"C:\temp\x", "two\nlines"];
 /// How long Prometheus may take to show a new value (1 s scrapes).
 const SCRAPE_WAIT: Duration = Duration::from_secs(30);
 
-/// The documented PromQL (docs/prometheus.md, "Scraping with Prometheus").
+/// The documented PromQL (README.md, "Scraping with Prometheus").
 const CLUSTER_P99: &str = r#"http_request_duration_seconds{service="checkout", quantile="0.99"}"#;
 const REQUEST_RATE: &str = "sum by (service) (rate(http_requests_total[5m]))";
 const MEAN_LATENCY: &str = "rate(http_request_duration_seconds_sum[5m]) / rate(http_request_duration_seconds_count[5m])";

@@ -12,7 +12,7 @@
 
 use crate::delta::{Blocklist, Deltas};
 use crate::error::Error;
-use crate::exposition::{sanitize_label_name, sanitize_metric_name, TextWriter};
+use crate::exposition::TextWriter;
 use crate::shoal::Inner;
 use crate::wire;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -588,13 +588,14 @@ impl State {
         SendOutcome::Failed(why)
     }
 
-    fn ref_of(&mut self, canonical: &str) -> (u32, bool) {
+    /// The series' ref, numbered 1, 2, ... in order of first send.
+    fn ref_of(&mut self, canonical: &str) -> u32 {
         if let Some(&r) = self.refs.get(canonical) {
-            return (r, false);
+            return r;
         }
         let r = self.refs.len() as u32 + 1;
         self.refs.insert(canonical.to_string(), r);
-        (r, true)
+        r
     }
 
     /// The protobuf request of the in-flight batch, and the refs it uses.
@@ -603,14 +604,11 @@ impl State {
         let mut definitions = Vec::new();
         let mut refs = Vec::new();
         let mut define = |state: &mut State, key: &crate::key::SeriesKey| -> u32 {
-            let (r, _) = state.ref_of(key.canonical());
+            let r = state.ref_of(key.canonical());
             if !state.known.contains(&r) {
                 // The wire carries Prometheus-valid names (the collector refuses
                 // others); re-keying also drops keys that collide once sanitised.
-                let wire_key = crate::key::SeriesKey::new(
-                    sanitize_metric_name(key.name()),
-                    key.labels().iter().map(|(k, v)| (sanitize_label_name(k), v.clone())),
-                );
+                let wire_key = crate::shoal::exposed_key(key);
                 definitions.push(pb::SeriesDefinition {
                     r#ref: r,
                     name: wire_key.name().to_string(),

@@ -374,8 +374,6 @@ pub struct Callsite {
     in_flight: Option<Key>,
     is_async: bool,
     global: OnceLock<Handles>,
-    /// Data address of the last recorder the metrics were described to.
-    described: AtomicUsize,
 }
 
 impl Callsite {
@@ -408,7 +406,6 @@ impl Callsite {
             },
             is_async,
             global: OnceLock::new(),
-            described: AtomicUsize::new(0),
         }
     }
 
@@ -486,7 +483,6 @@ impl Callsite {
                 // the last address described to is not enough: another
                 // recorder can take the same address, or another thread can
                 // describe to its own recorder in between.
-                self.described.store(addr, Relaxed);
                 self.describe(recorder);
                 HandlesRef::Local(self.register(recorder, can_fail))
             }

@@ -47,7 +47,7 @@ fn histogram_batch(instance: &str) -> pb::FlushRequest {
             for _ in 0..50 {
                 s.record(0.02 * (rng.gen::<f64>() * 2.0).exp()).unwrap();
             }
-            pb::HistogramDelta { r#ref: r, sketch: Some(shoal::wire::sketch_to_proto(&s)) }
+            pb::HistogramDelta { r#ref: r, sketch: Some(shoal_proto::convert::sketch_to_proto(&s)) }
         })
         .collect();
     let defs = definitions()

@@ -20,11 +20,12 @@ use common::exact_quantile;
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use shoal::sketch::DEFAULT_RELATIVE_ERROR;
-use shoal::{wire, Sketch};
+use shoal::Sketch;
 use shoal_collector::aggregate::{Kind, Outcome, SeriesView};
 use shoal_collector::stats::Stats;
 use shoal_collector::{Aggregator, Config};
 use shoal_proto as pb;
+use shoal_proto::convert as wire;
 use std::sync::Arc;
 
 const INSTANCES: usize = 1_200;

@@ -144,8 +144,8 @@ impl Config {
     }
 
     /// The blocklist, compiled (the error names the bad pattern).
-    pub fn compiled_blocklist(&self) -> Result<shoal::delta::Blocklist, String> {
-        shoal::delta::Blocklist::new(&self.blocklist)
+    pub fn compiled_blocklist(&self) -> Result<shoal_core::Blocklist, String> {
+        shoal_core::Blocklist::new(&self.blocklist).map_err(|e| e.to_string())
     }
 
     /// `self` with the settings of `new` that can change while running

@@ -2,6 +2,7 @@
 //! `/healthz`, and the JSON query API under `/api/v1/`.
 
 use crate::aggregate::{unix_secs, Aggregator, Kind, Point};
+use crate::config::GaugeRule;
 use crate::stats::Stats;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -11,7 +12,8 @@ use axum::{Json, Router};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shoal::exposition::{format_value, sanitize_metric_name, TextWriter};
+use shoal_core::exposition::{format_value, summary_labels, TextWriter};
+use shoal_core::names::sanitize_metric_name;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -51,7 +53,7 @@ pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
             }
             Kind::Gauge => {
                 let rule = aggregator.config().gauge_rule(views[0].key.name());
-                w.family(&name, "gauge", &format!("cluster gauge rolled up by {rule:?} over live instances"));
+                w.family(&name, "gauge", &format!("cluster gauge rolled up by {} over live instances", rule_name(rule)));
                 for v in views {
                     if let Some(g) = v.gauge {
                         w.sample(&name, v.key.labels(), None, &format_value(g));
@@ -67,7 +69,7 @@ pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
                 );
                 for v in views {
                     let sketch = v.window.unwrap_or_default();
-                    let labels = shoal::exposition::summary_labels(v.key.labels());
+                    let labels = summary_labels(v.key.labels());
                     for &q in &quantiles {
                         let value = sketch.quantile(q).map(format_value).unwrap_or_else(|| "NaN".into());
                         w.sample(&name, &labels, Some(("quantile", &q.to_string())), &value);
@@ -80,6 +82,16 @@ pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
     }
     stats.write(&mut w, aggregator.series_count(), aggregator.instance_count());
     w.finish()
+}
+
+/// The rule as the config spells it.
+fn rule_name(rule: GaugeRule) -> &'static str {
+    match rule {
+        GaugeRule::Sum => "sum",
+        GaugeRule::Min => "min",
+        GaugeRule::Max => "max",
+        GaugeRule::Mean => "mean",
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -99,7 +111,7 @@ async fn series(State(state): State<AppState>, Query(p): Query<SeriesParams>) ->
     let list = state.aggregator.lock().series_list(p.name.as_deref());
     let series: Vec<Value> = list
         .into_values()
-        .map(|(key, kind)| json!({"series": key.canonical(), "name": key.name(), "labels": labels_json(key.labels()), "kind": kind}))
+        .map(|(key, kind)| json!({"series": key.canonical(), "name": key.name(), "labels": labels_json(key.labels()), "kind": kind.as_str()}))
         .collect();
     Json(json!({ "series": series }))
 }
@@ -155,7 +167,7 @@ async fn query(State(state): State<AppState>, Query(p): Query<QueryParams>) -> R
                     }
                 })
                 .collect();
-            json!({"series": key.canonical(), "labels": labels_json(key.labels()), "kind": kind, "points": points})
+            json!({"series": key.canonical(), "labels": labels_json(key.labels()), "kind": kind.as_str(), "points": points})
         })
         .collect();
     Json(json!({ "name": name, "interval_secs": interval, "series": series })).into_response()

@@ -10,7 +10,8 @@
 //! largest batch.
 
 use crate::aggregate::{unix_secs, Aggregator, Outcome};
-use crate::stats::{Rejection, Stats};
+use crate::rejection::Rejection;
+use crate::stats::Stats;
 use parking_lot::Mutex;
 use prost::Message;
 use shoal_proto as pb;
@@ -19,12 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
-/// Largest encoded batch accepted (tonic refuses larger messages with
-/// `ResourceExhausted` before decoding).
-pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
-
-/// Response metadata key of the retry hint on `RESOURCE_EXHAUSTED`, in ms.
-pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
+pub use shoal_proto::limits::{MAX_BATCH_BYTES, RETRY_AFTER_METADATA};
 
 /// Faults a test can inject into the ingest path, to check that nothing is
 /// lost or counted twice when acknowledgements are late or lost. All off
@@ -201,5 +197,63 @@ impl pb::ingest_server::Ingest for IngestService {
             return Err(Status::unavailable("injected fault: merged, acknowledgement lost"));
         }
         result.map(Response::new)
+    }
+}
+
+/// Counts the messages tonic refuses before they reach [`IngestService`]
+/// (larger than [`MAX_BATCH_BYTES`]: `OUT_OF_RANGE`; not a valid protobuf
+/// message: `INTERNAL`), which the handler never sees. The handler itself
+/// never answers with those two codes, so a trailers-only response carrying
+/// one of them is such a refusal.
+#[derive(Clone)]
+pub struct CountRefusals<S> {
+    inner: S,
+    stats: Arc<Stats>,
+}
+
+/// The [`tower::Layer`] of [`CountRefusals`].
+#[derive(Clone)]
+pub struct CountRefusalsLayer(pub Arc<Stats>);
+
+impl<S> tower::Layer<S> for CountRefusalsLayer {
+    type Service = CountRefusals<S>;
+
+    fn layer(&self, inner: S) -> CountRefusals<S> {
+        CountRefusals { inner, stats: self.0.clone() }
+    }
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for CountRefusals<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let stats = self.stats.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
+            match code.map(tonic::Code::from_i32) {
+                Some(tonic::Code::OutOfRange) => {
+                    stats.refused_before_merge(Rejection::TooLarge);
+                    tracing::warn!("a batch larger than {MAX_BATCH_BYTES} bytes was refused before decoding");
+                }
+                Some(tonic::Code::Internal) => {
+                    stats.refused_before_merge(Rejection::Undecodable);
+                    tracing::warn!("a message that is not a valid FlushRequest was refused");
+                }
+                _ => {}
+            }
+            Ok(response)
+        })
     }
 }

@@ -8,10 +8,15 @@
 //! Embed one (tests, the fleet demo) with [`Collector::start`]; the
 //! `shoal-collector` binary runs [`serve`] until SIGINT/SIGTERM.
 //!
-//! Code map: [`config`] (settings, TOML), [`validate`] (what a batch must
-//! satisfy), [`aggregate`] (the merge engine and its exactly-once rule),
-//! [`ingest`] (the gRPC service), `http` (exposition and queries), [`stats`]
-//! (self-metrics).
+//! Stages, one module each, no loops between them: [`ingest`] (the gRPC
+//! service, the bounded queue, refusals before decoding) -> [`validate`] (a
+//! [`validate::ValidBatch`] or a typed refusal of the whole batch) ->
+//! [`aggregate`] (instances and dedup, admission and limits, rollups) ->
+//! `http` (exposition and queries). Beside them: [`rejection`] (why things
+//! are refused), [`stats`] (self-metrics), [`config`] (settings, TOML).
+//!
+//! The collector is built on `shoal-core` and `shoal-proto` only, never on
+//! the SDK.
 
 #![warn(missing_docs)]
 
@@ -19,6 +24,7 @@ pub mod aggregate;
 pub mod config;
 mod http;
 pub mod ingest;
+pub mod rejection;
 pub mod stats;
 pub mod validate;
 
@@ -118,8 +124,9 @@ async fn serve_on(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = shared.aggregator.lock().config().interval();
     let service = ingest::IngestService::new(shared.aggregator.clone(), shared.stats.clone(), shared.ingest.clone());
-    let grpc_server =
-        tonic::transport::Server::builder().add_service(IngestServer::new(service).max_decoding_message_size(ingest::MAX_BATCH_BYTES));
+    let grpc_server = tonic::transport::Server::builder()
+        .layer(ingest::CountRefusalsLayer(shared.stats.clone()))
+        .add_service(IngestServer::new(service).max_decoding_message_size(ingest::MAX_BATCH_BYTES));
     let mut rx = stop_rx.clone();
     let grpc_task = tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));

@@ -3,7 +3,7 @@
 //!
 //! Counted in three units at once: batches, series-updates (one per series
 //! in a batch) and values (counter increments summed plus histogram samples;
-//! a gauge update is 0 values, see `shoal::Deltas::values`). Values are the
+//! a gauge update is 0 values, see `shoal_core::Deltas::values`). Values are the
 //! unit in which conservation is exact end to end. For every batch that
 //! reaches the merge step exactly one of these holds, in every unit:
 //!
@@ -11,69 +11,18 @@
 //!
 //! where `duplicate` and `unknown_refs` are not losses (already merged; the
 //! SDK resends), and `rejected` splits into whole-batch refusals
-//! (`invalid_field`, `invalid_sketch`, `instance_limit`) and per-series ones
-//! (`series_limit_*`, `blocked`, `kind_conflict`), whose batch merged the
+//! (`invalid_field`, `instance_limit`: a batch that is malformed as such)
+//! and per-series ones (`invalid_series`, `invalid_value`, `invalid_sketch`,
+//! `series_limit_*`, `blocked`, `kind_conflict`), whose batch merged the
 //! rest. Batches refused as `overloaded` never reach the merge step: they
 //! are counted in `batches_rejected{reason="overloaded"}` only, since the
-//! SDK keeps and resends them.
+//! SDK keeps and resends them; so are messages refused before they could be
+//! decoded (`too_large`, `undecodable`), whose contents are unknown.
 
-use shoal::exposition::TextWriter;
+pub use crate::rejection::Rejection;
+use crate::rejection::REASONS;
+use shoal_core::exposition::{format_value, TextWriter};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-/// Why a batch or a series of a batch was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rejection {
-    /// A malformed field (names, labels, sizes, values): the whole batch.
-    InvalidField,
-    /// A malformed sketch: the whole batch.
-    InvalidSketch,
-    /// A metric sent as a different kind than it already is: that series.
-    KindConflict,
-    /// The ingest queue was full: the whole batch, to be resent.
-    Overloaded,
-    /// The instance has as many series as it may: that series.
-    SeriesLimitInstance,
-    /// The metric name has as many rollup series as it may: that series.
-    SeriesLimitMetric,
-    /// The collector holds as many rollup series as it may: that series.
-    SeriesLimitTotal,
-    /// The metric name is on the blocklist: that series.
-    Blocked,
-    /// The instance keeps defining series past its limit: the whole batch.
-    InstanceLimit,
-}
-
-const REASONS: usize = 9;
-
-impl Rejection {
-    /// Every reason, for exposition.
-    pub const ALL: [Rejection; REASONS] = [
-        Rejection::InvalidField,
-        Rejection::InvalidSketch,
-        Rejection::KindConflict,
-        Rejection::Overloaded,
-        Rejection::SeriesLimitInstance,
-        Rejection::SeriesLimitMetric,
-        Rejection::SeriesLimitTotal,
-        Rejection::Blocked,
-        Rejection::InstanceLimit,
-    ];
-
-    /// Label value (also the `reason` of a `SeriesRejection`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::InvalidField => "invalid_field",
-            Rejection::InvalidSketch => "invalid_sketch",
-            Rejection::KindConflict => "kind_conflict",
-            Rejection::Overloaded => "overloaded",
-            Rejection::SeriesLimitInstance => "series_limit_instance",
-            Rejection::SeriesLimitMetric => "series_limit_metric",
-            Rejection::SeriesLimitTotal => "series_limit_total",
-            Rejection::Blocked => "blocked",
-            Rejection::InstanceLimit => "instance_limit",
-        }
-    }
-}
 
 /// A count in series-updates and in values.
 #[derive(Default, Debug)]
@@ -154,9 +103,15 @@ impl Stats {
         self.series_updates_rejected.fetch_add(series_updates, Relaxed);
     }
 
-    /// Counts a batch refused before reaching the merge step (overload).
+    /// Counts a batch refused before reaching the merge step (overload,
+    /// or a message that could not be decoded).
+    pub fn refused_before_merge(&self, why: Rejection) {
+        self.batches_rejected[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a batch refused because the ingest queue was full.
     pub fn overloaded(&self) {
-        self.batches_rejected[Rejection::Overloaded as usize].fetch_add(1, Relaxed);
+        self.refused_before_merge(Rejection::Overloaded);
     }
 
     /// Batches refused as a whole for one reason.
@@ -215,12 +170,7 @@ impl Stats {
             w.sample(&name, &[], None, &flow.values().to_string());
         }
         w.family("shoal_collector_merge_seconds_total", "counter", "Time spent validating and merging batches");
-        w.sample(
-            "shoal_collector_merge_seconds_total",
-            &[],
-            None,
-            &shoal::exposition::format_value(self.merge_nanos.load(Relaxed) as f64 / 1e9),
-        );
+        w.sample("shoal_collector_merge_seconds_total", &[], None, &format_value(self.merge_nanos.load(Relaxed) as f64 / 1e9));
         w.family("shoal_collector_batches_rejected_total", "counter", "Batches refused as a whole, by reason; nothing of them was merged");
         for why in Rejection::ALL {
             w.sample(

@@ -1,78 +1,91 @@
-//! Validation of a flush batch before anything of it is merged. Every refusal
-//! names the field and what is wrong with it.
+//! Validation of a flush batch before anything of it is merged: the first
+//! stage after decoding. It turns a request into a [`ValidBatch`] (every
+//! per-series problem attached to its series) or refuses it as a whole with
+//! a typed [`Refused`]. Only what makes the batch itself meaningless is
+//! refused whole: the instance id, sequence, instance labels, sizes and refs
+//! defined or used twice. A bad name, label, gauge value or sketch refuses
+//! that series alone, so one bad series never stops its neighbours.
+//!
+//! The rules and limits are the protocol crate's ([`shoal_proto::limits`]),
+//! the same ones the SDK applies before sending.
 
-use crate::aggregate::Refused;
-use crate::stats::Rejection;
+use crate::rejection::{Refused, Rejection};
+use shoal_core::Sketch;
 use shoal_proto as pb;
-use std::collections::HashSet;
+use shoal_proto::convert::{labels_from_proto, sketch_from_proto, DecodeError};
+use shoal_proto::limits::{
+    check_series, truncate, MAX_BATCH_BUCKETS, MAX_BATCH_KEY_BYTES, MAX_BATCH_SERIES, MAX_INSTANCE_ID, MAX_INSTANCE_LABEL_BYTES,
+};
+use std::collections::{HashMap, HashSet};
 
-/// Longest instance id.
-pub const MAX_INSTANCE_ID: usize = 256;
-/// Longest metric name.
-pub const MAX_NAME: usize = 256;
-/// Longest label key.
-pub const MAX_LABEL_KEY: usize = 128;
-/// Longest label value, in bytes.
-pub const MAX_LABEL_VALUE: usize = 1024;
-/// Most labels on a series or an instance.
-pub const MAX_LABELS: usize = 32;
-/// Most series-updates (and definitions) in one batch.
-pub const MAX_BATCH_SERIES: usize = 200_000;
-/// Most bytes of instance labels (keys and values) on a batch: they are
-/// copied into every series key the batch defines.
-pub const MAX_INSTANCE_LABEL_BYTES: usize = 4096;
-/// Most bytes of series keys one batch may define (instance labels
-/// included): bounds what decoding a small batch can make the collector
-/// allocate.
-pub const MAX_BATCH_KEY_BYTES: usize = 64 * 1024 * 1024;
-/// Most histogram bucket counts in one batch, both sides of every sketch.
-pub const MAX_BATCH_BUCKETS: usize = 4 * 1024 * 1024;
+/// A series definition, checked on its own.
+#[derive(Debug)]
+pub struct Definition {
+    /// The ref it binds.
+    pub r#ref: u32,
+    /// Name and labels, or why the series is refused.
+    pub series: Result<(String, Vec<(String, String)>), Refused>,
+}
+
+/// What one series-update carries, once checked.
+#[derive(Debug)]
+pub enum Value {
+    /// A counter increase.
+    Counter(u64),
+    /// A gauge's last value (finite).
+    Gauge(f64),
+    /// A histogram delta, decoded.
+    Histogram(Sketch),
+}
+
+impl Value {
+    /// The kind of series this update is for.
+    pub fn kind(&self) -> shoal_core::Kind {
+        match self {
+            Value::Counter(_) => shoal_core::Kind::Counter,
+            Value::Gauge(_) => shoal_core::Kind::Gauge,
+            Value::Histogram(_) => shoal_core::Kind::Histogram,
+        }
+    }
+}
+
+/// One series-update of a batch: its ref, and its value or why that value
+/// is refused.
+#[derive(Debug)]
+pub struct Update {
+    /// The series ref.
+    pub r#ref: u32,
+    /// The value, or the refusal of this update.
+    pub value: Result<Value, Refused>,
+    /// Values this update stands for in the conservation counts (counter
+    /// increase, histogram samples; 0 for a gauge), even when refused.
+    pub values: u64,
+}
+
+/// A batch that may be merged: its instance fields are valid and every
+/// per-series problem is attached to its series.
+#[derive(Debug)]
+pub struct ValidBatch {
+    /// The sender.
+    pub instance_id: String,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// End of the interval covered, Unix nanoseconds.
+    pub interval_end_unix_nanos: u64,
+    /// Instance labels.
+    pub instance_labels: Vec<(String, String)>,
+    /// The definitions, checked one by one.
+    pub definitions: Vec<Definition>,
+    /// Counters, then gauges, then histograms, as in the request.
+    pub updates: Vec<Update>,
+}
 
 fn invalid(message: String) -> Refused {
-    Refused { reason: Rejection::InvalidField, message }
+    Refused::new(Rejection::InvalidField, message)
 }
 
-/// True for `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-pub fn valid_metric_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// True for `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn valid_label_key(key: &str) -> bool {
-    let mut chars = key.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn labels(labels: &[pb::Label], what: &str) -> Result<(), Refused> {
-    if labels.len() > MAX_LABELS {
-        return Err(invalid(format!("{what}: {} labels, at most {MAX_LABELS}", labels.len())));
-    }
-    let mut seen = HashSet::new();
-    for l in labels {
-        if l.key.len() > MAX_LABEL_KEY || !valid_label_key(&l.key) {
-            return Err(invalid(format!(
-                "{what}: label key {:?} must match [a-zA-Z_][a-zA-Z0-9_]* and be at most {MAX_LABEL_KEY} bytes",
-                truncate(&l.key)
-            )));
-        }
-        if l.value.len() > MAX_LABEL_VALUE {
-            return Err(invalid(format!("{what}: value of label {:?} is {} bytes, at most {MAX_LABEL_VALUE}", l.key, l.value.len())));
-        }
-        if !seen.insert(l.key.as_str()) {
-            return Err(invalid(format!("{what}: label key {:?} repeated", l.key)));
-        }
-    }
-    Ok(())
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
-}
-
-/// Checks every field of a batch.
-pub fn batch(req: &pb::FlushRequest) -> Result<(), Refused> {
+/// Checks a batch: a [`ValidBatch`], or the reason it is refused whole.
+pub fn batch(req: &pb::FlushRequest) -> Result<ValidBatch, Refused> {
     if req.instance_id.is_empty() || req.instance_id.len() > MAX_INSTANCE_ID {
         return Err(invalid(format!("instance_id must be 1 to {MAX_INSTANCE_ID} bytes, got {}", req.instance_id.len())));
     }
@@ -85,7 +98,8 @@ pub fn batch(req: &pb::FlushRequest) -> Result<(), Refused> {
     if req.interval_start_unix_nanos > req.interval_end_unix_nanos {
         return Err(invalid(format!("interval start {} is after its end {}", req.interval_start_unix_nanos, req.interval_end_unix_nanos)));
     }
-    labels(&req.instance_labels, "instance_labels")?;
+    check_series("instance_labels", req.instance_labels.iter().map(|l| (l.key.as_str(), l.value.as_str())))
+        .map_err(|r| invalid(format!("instance_labels: {r}")))?;
     let instance_label_bytes: usize = req.instance_labels.iter().map(|l| l.key.len() + l.value.len()).sum();
     if instance_label_bytes > MAX_INSTANCE_LABEL_BYTES {
         return Err(invalid(format!("instance_labels: {instance_label_bytes} bytes, at most {MAX_INSTANCE_LABEL_BYTES}")));
@@ -97,34 +111,6 @@ pub fn batch(req: &pb::FlushRequest) -> Result<(), Refused> {
             req.definitions.len()
         )));
     }
-    let mut refs = HashSet::with_capacity(req.definitions.len());
-    let mut key_bytes = 0usize;
-    for d in &req.definitions {
-        key_bytes += d.name.len() + d.labels.iter().map(|l| l.key.len() + l.value.len()).sum::<usize>() + instance_label_bytes;
-        if key_bytes > MAX_BATCH_KEY_BYTES {
-            return Err(invalid(format!("definitions expand to more than {MAX_BATCH_KEY_BYTES} bytes of series keys")));
-        }
-        if d.name.len() > MAX_NAME || !valid_metric_name(&d.name) {
-            return Err(invalid(format!(
-                "definition of ref {}: metric name {:?} must match [a-zA-Z_:][a-zA-Z0-9_:]* and be at most {MAX_NAME} bytes",
-                d.r#ref,
-                truncate(&d.name)
-            )));
-        }
-        labels(&d.labels, &format!("series {:?}", d.name))?;
-        if !refs.insert(d.r#ref) {
-            return Err(invalid(format!("ref {} defined twice", d.r#ref)));
-        }
-    }
-    let mut used = HashSet::with_capacity(updates);
-    for r in req.counters.iter().map(|c| c.r#ref).chain(req.gauges.iter().map(|g| g.r#ref)).chain(req.histograms.iter().map(|h| h.r#ref)) {
-        if !used.insert(r) {
-            return Err(invalid(format!("ref {r} appears twice in one batch")));
-        }
-    }
-    if let Some(g) = req.gauges.iter().find(|g| !g.value.is_finite()) {
-        return Err(invalid(format!("gauge ref {}: value {} is not finite", g.r#ref, g.value)));
-    }
     let buckets: usize = req
         .histograms
         .iter()
@@ -134,28 +120,87 @@ pub fn batch(req: &pb::FlushRequest) -> Result<(), Refused> {
         .map(|b| b.counts.len())
         .sum();
     if buckets > MAX_BATCH_BUCKETS {
-        return Err(Refused {
-            reason: Rejection::InvalidSketch,
-            message: format!("batch carries {buckets} histogram bucket counts, at most {MAX_BATCH_BUCKETS}"),
-        });
+        return Err(invalid(format!("batch carries {buckets} histogram bucket counts, at most {MAX_BATCH_BUCKETS}")));
     }
-    Ok(())
+    let mut key_bytes = 0usize;
+    let mut defined = HashSet::with_capacity(req.definitions.len());
+    let mut definitions = Vec::with_capacity(req.definitions.len());
+    for d in &req.definitions {
+        key_bytes += d.name.len() + d.labels.iter().map(|l| l.key.len() + l.value.len()).sum::<usize>() + instance_label_bytes;
+        if key_bytes > MAX_BATCH_KEY_BYTES {
+            return Err(invalid(format!("definitions expand to more than {MAX_BATCH_KEY_BYTES} bytes of series keys")));
+        }
+        if !defined.insert(d.r#ref) {
+            return Err(invalid(format!("ref {} defined twice", d.r#ref)));
+        }
+        let series = check_series(&d.name, d.labels.iter().map(|l| (l.key.as_str(), l.value.as_str())))
+            .map(|()| (d.name.clone(), labels_from_proto(&d.labels)))
+            .map_err(|r| Refused::new(Rejection::InvalidSeries, format!("ref {}: {r}", d.r#ref)));
+        definitions.push(Definition { r#ref: d.r#ref, series });
+    }
+    let mut used = HashSet::with_capacity(updates);
+    for r in req.counters.iter().map(|c| c.r#ref).chain(req.gauges.iter().map(|g| g.r#ref)).chain(req.histograms.iter().map(|h| h.r#ref)) {
+        if !used.insert(r) {
+            return Err(invalid(format!("ref {r} appears twice in one batch")));
+        }
+    }
+    let mut out = Vec::with_capacity(updates);
+    out.extend(req.counters.iter().map(|c| Update { r#ref: c.r#ref, value: Ok(Value::Counter(c.delta)), values: c.delta }));
+    out.extend(req.gauges.iter().map(|g| Update {
+        r#ref: g.r#ref,
+        value: if g.value.is_finite() {
+            Ok(Value::Gauge(g.value))
+        } else {
+            Err(Refused::new(Rejection::InvalidValue, format!("gauge ref {}: value {} is not finite", g.r#ref, g.value)))
+        },
+        values: 0,
+    }));
+    out.extend(req.histograms.iter().map(|h| {
+        let values = h.sketch.as_ref().map_or(0, sketch_values);
+        let value = h
+            .sketch
+            .as_ref()
+            .ok_or(DecodeError::Missing)
+            .and_then(sketch_from_proto)
+            .map(Value::Histogram)
+            .map_err(|e| Refused::new(Rejection::InvalidSketch, format!("histogram ref {}: {e}", h.r#ref)));
+        Update { r#ref: h.r#ref, value, values }
+    }));
+    Ok(ValidBatch {
+        instance_id: req.instance_id.clone(),
+        sequence: req.sequence,
+        interval_end_unix_nanos: req.interval_end_unix_nanos,
+        instance_labels: labels_from_proto(&req.instance_labels),
+        definitions,
+        updates: out,
+    })
+}
+
+/// Samples a wire sketch claims, with wrapping arithmetic (a malformed
+/// sketch still gets a number for the conservation counts).
+pub fn sketch_values(s: &pb::Sketch) -> u64 {
+    let mut v = s.zero_count;
+    for b in [&s.positive, &s.negative].into_iter().flatten() {
+        v = b.counts.iter().fold(v, |a, c| a.wrapping_add(*c));
+    }
+    v
+}
+
+/// Values a request carries (counter deltas summed, histogram samples), with
+/// wrapping arithmetic: a malformed request still gets a number.
+pub fn request_values(req: &pb::FlushRequest) -> u64 {
+    let counters = req.counters.iter().fold(0u64, |a, c| a.wrapping_add(c.delta));
+    req.histograms.iter().filter_map(|h| h.sketch.as_ref()).fold(counters, |a, s| a.wrapping_add(sketch_values(s)))
+}
+
+/// Definitions by ref, for lookups while merging.
+pub fn definitions_by_ref(definitions: Vec<Definition>) -> HashMap<u32, Result<(String, Vec<(String, String)>), Refused>> {
+    definitions.into_iter().map(|d| (d.r#ref, d.series)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_follow_prometheus() {
-        assert!(valid_metric_name("http_requests_total"));
-        assert!(valid_metric_name("a:b"));
-        assert!(!valid_metric_name("9a"));
-        assert!(!valid_metric_name(""));
-        assert!(!valid_metric_name("a.b"));
-        assert!(valid_label_key("_x1"));
-        assert!(!valid_label_key("a:b"));
-    }
 
     fn ok() -> pb::FlushRequest {
         pb::FlushRequest {
@@ -186,6 +231,41 @@ mod tests {
         let r =
             batch(&pb::FlushRequest { histograms: vec![pb::HistogramDelta { r#ref: 1, sketch: Some(sketch) }], counters: vec![], ..ok() })
                 .unwrap_err();
-        assert_eq!(r.reason, Rejection::InvalidSketch);
+        assert_eq!(r.reason, Rejection::InvalidField);
+    }
+
+    #[test]
+    fn a_bad_series_is_refused_alone() {
+        let req = pb::FlushRequest {
+            definitions: vec![
+                pb::SeriesDefinition { r#ref: 1, name: "ok_total".into(), labels: vec![] },
+                pb::SeriesDefinition { r#ref: 2, name: "x".into(), labels: vec![pb::Label { key: "big".into(), value: "v".repeat(2000) }] },
+                pb::SeriesDefinition { r#ref: 3, name: "n".repeat(300), labels: vec![] },
+                pb::SeriesDefinition { r#ref: 4, name: "g".into(), labels: vec![pb::Label { key: "__x".into(), value: "1".into() }] },
+                pb::SeriesDefinition { r#ref: 5, name: "h".into(), labels: vec![] },
+            ],
+            counters: vec![pb::CounterDelta { r#ref: 1, delta: 5 }, pb::CounterDelta { r#ref: 2, delta: 7 }],
+            gauges: vec![pb::GaugeValue { r#ref: 4, value: f64::NAN }],
+            histograms: vec![pb::HistogramDelta { r#ref: 5, sketch: Some(pb::Sketch { scale: 99, zero_count: 3, ..Default::default() }) }],
+            ..ok()
+        };
+        let v = batch(&req).expect("per-series problems do not refuse the batch");
+        let refused: Vec<(u32, Rejection)> =
+            v.definitions.iter().filter_map(|d| d.series.as_ref().err().map(|e| (d.r#ref, e.reason))).collect();
+        assert_eq!(refused, vec![(2, Rejection::InvalidSeries), (3, Rejection::InvalidSeries), (4, Rejection::InvalidSeries)]);
+        let bad_values: Vec<(u32, Rejection, u64)> =
+            v.updates.iter().filter_map(|u| u.value.as_ref().err().map(|e| (u.r#ref, e.reason, u.values))).collect();
+        assert_eq!(bad_values, vec![(4, Rejection::InvalidValue, 0), (5, Rejection::InvalidSketch, 3)]);
+        assert_eq!(v.updates.iter().map(|u| u.values).sum::<u64>(), request_values(&req));
+    }
+
+    #[test]
+    fn refs_defined_or_used_twice_refuse_the_batch() {
+        let mut req = ok();
+        req.definitions.push(req.definitions[0].clone());
+        assert!(batch(&req).unwrap_err().message.contains("defined twice"));
+        let mut req = ok();
+        req.counters.push(req.counters[0].clone());
+        assert!(batch(&req).unwrap_err().message.contains("twice in one batch"));
     }
 }

@@ -3,7 +3,7 @@
 //! series. Every method here is hot path: see the invariant in [`crate::hot`].
 
 use crate::registry::{CounterSeries, GaugeSeries, HistogramSeries};
-use crate::sketch::Rejection;
+use shoal_core::sketch::Rejection;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 

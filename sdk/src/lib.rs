@@ -33,37 +33,40 @@
 //! # Ok::<(), shoal::Error>(())
 //! ```
 //!
-//! Modules, from the hot path outwards: [`hot`] (the cells recording threads
-//! write, and the invariant they keep), [`sketch`] (the mergeable histogram),
-//! [`registry`] (series lookup and cardinality limits), [`delta`] (taking
-//! deltas without stopping recorders), [`exposition`] (Prometheus text),
-//! `flusher` (batches to the collector) and [`wire`] (protobuf conversions).
+//! Crates: `shoal` (this one: the recorder, its hot path and registry) is
+//! built on [`shoal_core`] (the sketch, series keys, name rules, deltas,
+//! exposition) and [`shoal_proto`] (the protocol, its limits and the flush
+//! client), the same building blocks the collector uses.
+//!
+//! A series that a collector would refuse (an invalid or too long name or
+//! label, a metric name registered as two kinds) is refused when it is
+//! registered: its handle works but records into a discard series that is
+//! never sent, the refusal is counted in `shoal_rejected_series_total{reason}`
+//! and logged at `warn` (rate-limited). The other series are unaffected.
 
 #![warn(missing_docs)]
 
-pub mod delta;
+mod delta;
 mod error;
-pub mod exposition;
 mod flusher;
 mod handles;
-pub mod hot;
+mod hot;
+mod inner;
 pub mod instrument;
-pub mod key;
-pub mod registry;
+mod registry;
+mod render;
 mod shoal;
-pub mod sketch;
 mod timer;
-pub mod wire;
 
-pub use crate::delta::{CounterDelta, Deltas, GaugeValue, HistogramDelta};
 pub use crate::error::Error;
-pub use crate::flusher::{DropReason, FlusherStats};
 pub use crate::handles::{Counter, Gauge, Histogram};
-pub use crate::key::SeriesKey;
-pub use crate::shoal::{write_summary, Identity, Shoal, ShoalBuilder, DEFAULT_CARDINALITY_LIMIT, DEFAULT_FLUSH_INTERVAL};
-pub use crate::sketch::Sketch;
+pub use crate::registry::Refusal;
+pub use crate::shoal::{Shoal, ShoalBuilder, DEFAULT_CARDINALITY_LIMIT, DEFAULT_FLUSH_INTERVAL};
 pub use crate::timer::Timer;
+pub use shoal_core::{self, sketch, CounterDelta, Deltas, GaugeValue, HistogramDelta, SeriesKey, Sketch};
 pub use shoal_macros::{timed, LabelSet, Metrics};
+pub use shoal_proto::client::{DropReason, FlusherStats, Identity};
+pub use shoal_proto::{self, limits};
 
 /// Re-exports used by shoal's macros; not a public API.
 #[doc(hidden)]
@@ -74,4 +77,9 @@ pub mod __private {
     };
     pub use crate::Shoal;
     pub use metrics;
+
+    /// The thread-slot pool, for tests that check slots are returned.
+    pub mod slot {
+        pub use crate::hot::slot::{free_slots, owned_slots, stripes};
+    }
 }

@@ -11,9 +11,11 @@
 use crate::hot::counter::{CounterArena, CounterCells};
 use crate::hot::gauge::GaugeCell;
 use crate::hot::histogram::HistogramCells;
-use crate::key::SeriesKey;
-use crate::sketch::{Rejection, Sketch};
 use parking_lot::{Mutex, RwLock};
+use shoal_core::sketch::{Rejection, Sketch};
+use shoal_core::Kind;
+use shoal_core::SeriesKey;
+use shoal_proto::limits::{check_series, truncate, SeriesFault};
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -61,26 +63,9 @@ static NEXT_FAMILY_ID: AtomicU64 = AtomicU64::new(1);
 
 type FastMap<V> = HashMap<metrics::Key, V, BuildHasherDefault<PrehashedKey>>;
 
-/// What kind of metric a series is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// Monotonic `u64` counter.
-    Counter,
-    /// Last-value `f64` gauge.
-    Gauge,
-    /// Distribution recorded into a sketch.
-    Histogram,
-}
-
-impl Kind {
-    /// Lower-case name, as in self-metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
+/// The series key of a `metrics` facade key.
+pub(crate) fn key_from_metrics(key: &metrics::Key) -> SeriesKey {
+    SeriesKey::new(key.name(), key.labels().map(|l| (l.key(), l.value())))
 }
 
 /// A counter series.
@@ -122,9 +107,92 @@ pub struct SelfStats {
     pub overflowed_updates: AtomicU64,
     /// Series keys that were refused a series of their own.
     pub overflowed_series: AtomicU64,
+    /// Series refused at registration because a collector would refuse
+    /// them, by [`Refusal::index`]; never sent.
+    refused_series: [AtomicU64; Refusal::COUNT],
+    /// Exposed metric name -> the kind it was first registered as.
+    kinds: Mutex<HashMap<String, Kind>>,
+    /// When a refusal was last logged (refusals are logged at most every
+    /// [`REFUSAL_LOG_EVERY`]).
+    refusal_logged: Mutex<Option<std::time::Instant>>,
+}
+
+/// How often a refused series is logged at most.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a series was refused at registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its name or labels break a protocol rule.
+    Fault(SeriesFault),
+    /// Its metric name is registered as another kind.
+    KindConflict,
+}
+
+impl Refusal {
+    const COUNT: usize = SeriesFault::ALL.len() + 1;
+
+    /// Every reason, in exposition order.
+    pub fn all() -> impl Iterator<Item = Refusal> {
+        SeriesFault::ALL.into_iter().map(Refusal::Fault).chain([Refusal::KindConflict])
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Refusal::Fault(f) => SeriesFault::ALL.iter().position(|&x| x == f).unwrap_or(0),
+            Refusal::KindConflict => SeriesFault::ALL.len(),
+        }
+    }
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Fault(f) => f.as_str(),
+            Refusal::KindConflict => "kind_conflict",
+        }
+    }
 }
 
 impl SelfStats {
+    /// Series refused at registration for one reason.
+    pub fn refused_series(&self, why: Refusal) -> u64 {
+        self.refused_series[why.index()].load(Relaxed)
+    }
+
+    /// Whether a new series may be registered: what a collector would refuse
+    /// (name, labels, a second kind under one name) is refused here, so it
+    /// never reaches the wire and cannot cost its neighbours anything.
+    fn admit(&self, key: &SeriesKey, kind: Kind) -> Result<(), (Refusal, String)> {
+        let exposed = key.exposed();
+        check_series(exposed.name(), exposed.labels().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|r| (Refusal::Fault(r.fault), r.message))?;
+        let mut kinds = self.kinds.lock();
+        match kinds.get(exposed.name()) {
+            Some(&first) if first != kind => Err((
+                Refusal::KindConflict,
+                format!("metric {:?} is registered as a {first}; refusing it as a {kind}", truncate(exposed.name())),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                kinds.insert(exposed.name().to_string(), kind);
+                Ok(())
+            }
+        }
+    }
+
+    fn refused(&self, why: Refusal, message: &str) {
+        self.refused_series[why.index()].fetch_add(1, Relaxed);
+        let mut logged = self.refusal_logged.lock();
+        if logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+            *logged = Some(std::time::Instant::now());
+            tracing::warn!(
+                target: "shoal::registry",
+                reason = why.as_str(),
+                "series refused, its updates are counted and never sent: {message} (further refusals within {REFUSAL_LOG_EVERY:?} are only counted, see shoal_rejected_series_total)"
+            );
+        }
+    }
+
     pub(crate) fn reject(&self, why: Rejection) {
         match why {
             Rejection::Nan => self.rejected_nan.fetch_add(1, Relaxed),
@@ -135,6 +203,7 @@ impl SelfStats {
 
 /// The series of one kind.
 pub(crate) struct Family<S> {
+    kind: Kind,
     /// Unique per family for the life of the process (thread caches key on it,
     /// so a dropped family's entries can never be mistaken for a new one's).
     id: u64,
@@ -147,30 +216,35 @@ struct FamilyIndex<S> {
     by_canonical: HashMap<String, Arc<S>>,
     series_per_name: HashMap<String, usize>,
     overflow: HashMap<String, Arc<S>>,
+    /// Where the updates of refused series go: never taken, never sent.
+    discard: Option<Arc<S>>,
     /// Registration order, for deterministic iteration.
     all: Vec<Arc<S>>,
 }
 
-impl<S> Default for Family<S> {
-    fn default() -> Self {
+impl<S> Family<S> {
+    fn new(kind: Kind) -> Self {
         Family {
+            kind,
             id: NEXT_FAMILY_ID.fetch_add(1, Relaxed),
             fast: RwLock::new(FastMap::default()),
             slow: Mutex::new(FamilyIndex {
                 by_canonical: HashMap::new(),
                 series_per_name: HashMap::new(),
                 overflow: HashMap::new(),
+                discard: None,
                 all: Vec::new(),
             }),
         }
     }
 }
 
-/// Result of resolving a key: its own series, or the overflow series of its
-/// metric name.
+/// Result of resolving a key: its own series, the overflow series of its
+/// metric name, or the family's discard series (a refused series).
 pub(crate) enum Resolved<S> {
     Own(Arc<S>),
     Overflow(Arc<S>),
+    Refused(Arc<S>),
 }
 
 impl<S: Send + Sync + 'static> Family<S> {
@@ -195,7 +269,7 @@ impl<S: Send + Sync + 'static> Family<S> {
             self.cache_in_thread(key, &s);
             return Resolved::Own(s);
         }
-        let resolved = self.resolve_key(SeriesKey::from_metrics(key), limit, stats, make);
+        let resolved = self.resolve_key(key_from_metrics(key), limit, stats, make);
         if let Resolved::Own(s) = &resolved {
             // Only keys with their own series are cached, so hostile label
             // values past the limit never grow this map.
@@ -230,6 +304,13 @@ impl<S> Family<S> {
         if let Some(s) = index.by_canonical.get(key.canonical()) {
             return Resolved::Own(s.clone());
         }
+        if let Err((why, message)) = stats.admit(&key, self.kind) {
+            stats.refused(why, &message);
+            let discard = index
+                .discard
+                .get_or_insert_with(|| Arc::new(make(SeriesKey::new("shoal_refused_series", [("kind", self.kind.as_str())]), false)));
+            return Resolved::Refused(discard.clone());
+        }
         let used = index.series_per_name.get(key.name()).copied().unwrap_or(0);
         if used >= limit {
             stats.overflowed_series.fetch_add(1, Relaxed);
@@ -253,6 +334,11 @@ impl<S> Family<S> {
     /// Every series, in registration order.
     pub(crate) fn all(&self) -> Vec<Arc<S>> {
         self.slow.lock().all.clone()
+    }
+
+    /// The series refused series record into, if any was refused.
+    pub(crate) fn discarded(&self) -> Option<Arc<S>> {
+        self.slow.lock().discard.clone()
     }
 
     /// Number of series (overflow series included).
@@ -287,9 +373,9 @@ impl Registry {
         Registry {
             cardinality_limit,
             scale,
-            counters: Family::default(),
-            gauges: Family::default(),
-            histograms: Family::default(),
+            counters: Family::new(Kind::Counter),
+            gauges: Family::new(Kind::Gauge),
+            histograms: Family::new(Kind::Histogram),
             descriptions: RwLock::new(HashMap::new()),
             stats: Arc::new(SelfStats::default()),
             counter_arena: Mutex::new(CounterArena::default()),
@@ -332,7 +418,7 @@ impl Registry {
 impl<S> Resolved<S> {
     pub(crate) fn into_series(self) -> Arc<S> {
         match self {
-            Resolved::Own(s) | Resolved::Overflow(s) => s,
+            Resolved::Own(s) | Resolved::Overflow(s) | Resolved::Refused(s) => s,
         }
     }
 }

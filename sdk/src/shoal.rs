@@ -1,18 +1,17 @@
-//! `Shoal`: the recorder, its builder, and what it exposes.
+//! `Shoal`: the recorder and its builder.
 
-use crate::delta::{self, Deltas};
 use crate::error::Error;
-use crate::exposition::{format_value, help_text, sanitize_label_name, sanitize_metric_name, TextWriter, SUMMARY_QUANTILES};
-use crate::flusher::{Flusher, FlusherConfig, FlusherStats};
+use crate::flusher::{Flusher, FlusherConfig};
 use crate::handles::{Counter, Gauge, Histogram};
 use crate::hot::slot;
-use crate::key::SeriesKey;
+use crate::inner::Inner;
 use crate::registry::Registry;
-use crate::sketch::{scale_for_relative_error, Sketch, DEFAULT_RELATIVE_ERROR, MAX_SCALE};
 use metrics::{Key, KeyName, Metadata, SharedString, Unit};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
+use shoal_core::sketch::{scale_for_relative_error, Sketch, DEFAULT_RELATIVE_ERROR, MAX_SCALE};
+use shoal_core::{Deltas, SeriesKey};
+use shoal_proto::client::{FlusherStats, Identity};
+use shoal_proto::limits::{check_series, MAX_INSTANCE_LABEL_BYTES};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,30 +19,6 @@ use std::time::Duration;
 pub const DEFAULT_CARDINALITY_LIMIT: usize = 10_000;
 /// Default flush interval.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Who this process is, sent once per batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// Unique per process start.
-    pub instance_id: String,
-    /// Instance labels (`service` among them when set), sorted by key.
-    pub labels: Vec<(String, String)>,
-}
-
-/// State shared by the `Shoal`, the global recorder and the flusher.
-pub(crate) struct Inner {
-    pub(crate) registry: Registry,
-    pub(crate) identity: Identity,
-    take_lock: Mutex<()>,
-    pub(crate) flusher_stats: Arc<FlusherStats>,
-}
-
-impl Inner {
-    pub(crate) fn take_deltas(&self) -> Deltas {
-        let _serialised = self.take_lock.lock();
-        delta::take(&self.registry)
-    }
-}
 
 /// Builds a [`Shoal`]. Obtain one with [`Shoal::builder`].
 #[derive(Clone, Debug)]
@@ -132,21 +107,19 @@ impl ShoalBuilder {
         if let Some(service) = &self.service {
             labels.push(("service".into(), service.clone()));
         }
-        for (k, _) in &labels {
-            if k.is_empty() || crate::exposition::sanitize_label_name(k) != *k {
-                return Err(Error::InvalidConfig(format!("instance label key {k:?} must match [a-zA-Z_][a-zA-Z0-9_]*")));
-            }
+        // Instance labels follow the per-series rules (a collector refuses a
+        // whole batch whose instance labels break them).
+        check_series("instance", labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|r| Error::InvalidConfig(format!("instance labels: {r}")))?;
+        let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > MAX_INSTANCE_LABEL_BYTES {
+            return Err(Error::InvalidConfig(format!("instance labels are {bytes} bytes, at most {MAX_INSTANCE_LABEL_BYTES}")));
         }
         // Reuse SeriesKey's sort + dedup (last value wins).
         let labels = SeriesKey::new("", labels).labels().to_vec();
         let identity = Identity { instance_id: new_instance_id(), labels };
         slot::owned_slots();
-        let inner = Arc::new(Inner {
-            registry: Registry::new(self.cardinality_limit, scale),
-            identity,
-            take_lock: Mutex::new(()),
-            flusher_stats: Arc::new(FlusherStats::default()),
-        });
+        let inner = Arc::new(Inner::new(Registry::new(self.cardinality_limit, scale), identity));
         let flusher = match self.collector {
             Some(url) => Some(Flusher::start(
                 inner.clone(),
@@ -154,13 +127,21 @@ impl ShoalBuilder {
             )?),
             None => None,
         };
-        Ok(Shoal { inner, flusher: Mutex::new(flusher) })
+        Ok(Shoal { inner, flusher: Arc::new(Mutex::new(flusher)), installed: false })
     }
 
     /// Builds the `Shoal` and installs it as the global `metrics` recorder.
+    ///
+    /// The global recorder lives for the rest of the process, and so does its
+    /// flusher: dropping the returned handle does not stop flushing (as with
+    /// other `metrics` exporters, `let _ = builder.install()?;` is enough).
+    /// Call [`Shoal::shutdown`] before the process exits to send what was
+    /// recorded since the last flush.
     pub fn install(self) -> Result<Shoal, Error> {
-        let shoal = self.build()?;
-        metrics::set_global_recorder(GlobalRecorder(shoal.inner.clone())).map_err(|_| Error::RecorderAlreadyInstalled)?;
+        let mut shoal = self.build()?;
+        let recorder = GlobalRecorder { inner: shoal.inner.clone(), _flusher: shoal.flusher.clone() };
+        metrics::set_global_recorder(recorder).map_err(|_| Error::RecorderAlreadyInstalled)?;
+        shoal.installed = true;
         Ok(shoal)
     }
 }
@@ -174,10 +155,15 @@ fn new_instance_id() -> String {
 /// An in-process metrics recorder: lock-free aggregation, optional flushing
 /// to a collector. See the crate docs for an example.
 ///
-/// Dropping a `Shoal` shuts it down (final flush, flusher stopped).
+/// Dropping a `Shoal` from [`ShoalBuilder::build`] shuts it down (final
+/// flush, flusher stopped). One from [`ShoalBuilder::install`] keeps
+/// flushing for the life of the process.
+#[must_use = "dropping a built Shoal shuts its flusher down; keep it for as long as you record (or use install())"]
 pub struct Shoal {
     inner: Arc<Inner>,
-    flusher: Mutex<Option<Flusher>>,
+    flusher: Arc<Mutex<Option<Flusher>>>,
+    /// Installed as the global recorder: dropping this handle does not shut down.
+    installed: bool,
 }
 
 impl Shoal {
@@ -262,121 +248,25 @@ impl Shoal {
     /// counters, gauges, histograms as summaries (quantiles 0.5, 0.9, 0.99,
     /// 0.999 since start, plus `_sum` and `_count`), and `shoal_` self-metrics.
     pub fn render_prometheus(&self) -> String {
-        render(&self.inner)
+        crate::render::render(&self.inner)
     }
 }
 
 impl Drop for Shoal {
     fn drop(&mut self) {
-        let _ = self.shutdown();
-    }
-}
-
-/// What one exposed series adds up to: several registered series can land on
-/// the same exposed name and labels once sanitised (`a.b` and `a_b`); they are
-/// merged, never written twice (Prometheus would reject the whole scrape).
-enum Exposed {
-    Counter(u64),
-    Gauge(f64),
-    Summary(Sketch),
-}
-
-/// An exposed family: its TYPE, its HELP, and its series by exposed key.
-type Family = (&'static str, String, BTreeMap<String, (Vec<(String, String)>, Exposed)>);
-
-fn render(inner: &Inner) -> String {
-    let reg = &inner.registry;
-    let descriptions = reg.descriptions.read().clone();
-    let help = |name: &str, fallback: &str| {
-        let d = descriptions.get(name);
-        help_text(d.map(|d| d.text.as_str()), d.and_then(|d| d.unit).map(|u| u.as_str()), fallback)
-    };
-    // Exposed name -> (kind, help, exposed key -> value), in name order.
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
-    let mut add = |key: &SeriesKey, kind: &'static str, fallback: &str, value: Exposed| {
-        let exposed = exposed_key(key);
-        let family = families.entry(exposed.name().to_string()).or_insert_with(|| (kind, help(key.name(), fallback), BTreeMap::new()));
-        if family.0 != kind {
-            // Two kinds under one exposed name: the first kind registered wins.
-            return;
-        }
-        match family.2.entry(exposed.canonical().to_string()) {
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert((exposed.labels().to_vec(), value));
-            }
-            std::collections::btree_map::Entry::Occupied(mut o) => match (&mut o.get_mut().1, value) {
-                (Exposed::Counter(a), Exposed::Counter(b)) => *a = a.wrapping_add(b),
-                (Exposed::Gauge(a), Exposed::Gauge(b)) => *a = b,
-                (Exposed::Summary(a), Exposed::Summary(b)) => a.merge(&b),
-                _ => {}
-            },
-        }
-    };
-    for s in reg.counters.all() {
-        add(&s.key, "counter", "counter recorded with shoal", Exposed::Counter(s.cells.read()));
-    }
-    for s in reg.gauges.all() {
-        add(&s.key, "gauge", "gauge recorded with shoal", Exposed::Gauge(s.cell.read()));
-    }
-    for s in reg.histograms.all() {
-        add(&s.key, "summary", "histogram recorded with shoal", Exposed::Summary(s.cells.read()));
-    }
-    let mut w = TextWriter::default();
-    for (name, (kind, help, series)) in families {
-        w.family(&name, kind, &help);
-        for (labels, value) in series.into_values() {
-            match value {
-                Exposed::Counter(v) => w.sample(&name, &labels, None, &v.to_string()),
-                Exposed::Gauge(v) => w.sample(&name, &labels, None, &format_value(v)),
-                Exposed::Summary(sketch) => write_summary(&mut w, &name, &labels, &sketch),
-            }
+        if !self.installed {
+            let _ = self.shutdown();
         }
     }
-    write_self_metrics(&mut w, inner);
-    w.finish()
 }
 
-/// The key a series is exposed (and sent) under: Prometheus-valid name and
-/// label keys, de-duplicated after sanitising.
-pub(crate) fn exposed_key(key: &SeriesKey) -> SeriesKey {
-    SeriesKey::new(sanitize_metric_name(key.name()), key.labels().iter().map(|(k, v)| (sanitize_label_name(k), v.clone())))
+/// The recorder installed globally by [`ShoalBuilder::install`]. It holds
+/// the flusher, so the flusher lives as long as the recorder: for the rest
+/// of the process.
+struct GlobalRecorder {
+    inner: Arc<Inner>,
+    _flusher: Arc<Mutex<Option<Flusher>>>,
 }
-
-/// Writes the sample lines of a summary from a sketch. A series label named
-/// `quantile` is renamed `exported_quantile` (Prometheus's convention), so it
-/// cannot clash with the summary's own.
-pub fn write_summary(w: &mut TextWriter, name: &str, labels: &[(String, String)], sketch: &Sketch) {
-    let labels = &*crate::exposition::summary_labels(labels);
-    for q in SUMMARY_QUANTILES {
-        let v = sketch.quantile(q).map(format_value).unwrap_or_else(|| "NaN".into());
-        w.sample(name, labels, Some(("quantile", &q.to_string())), &v);
-    }
-    w.sample(&format!("{name}_sum"), labels, None, &format_value(sketch.sum()));
-    w.sample(&format!("{name}_count"), labels, None, &sketch.count().to_string());
-}
-
-fn write_self_metrics(w: &mut TextWriter, inner: &Inner) {
-    let reg = &inner.registry;
-    let stats = &reg.stats;
-    w.family("shoal_series", "gauge", "Series registered in this process, by kind");
-    for (kind, n) in reg.series_counts() {
-        w.sample("shoal_series", &[("kind".into(), kind.as_str().into())], None, &n.to_string());
-    }
-    w.family("shoal_rejected_values_total", "counter", "Values rejected and not recorded, by reason");
-    for (reason, n) in [("nan", &stats.rejected_nan), ("infinite", &stats.rejected_infinite)] {
-        w.sample("shoal_rejected_values_total", &[("reason".into(), reason.into())], None, &n.load(Relaxed).to_string());
-    }
-    w.family("shoal_overflow_updates_total", "counter", "Updates recorded into a metric's overflow series after its cardinality limit");
-    w.sample("shoal_overflow_updates_total", &[], None, &stats.overflowed_updates.load(Relaxed).to_string());
-    w.family("shoal_overflow_series_total", "counter", "Registrations of a new label set refused by the cardinality limit");
-    w.sample("shoal_overflow_series_total", &[], None, &stats.overflowed_series.load(Relaxed).to_string());
-    w.family("shoal_cardinality_limit", "gauge", "Series allowed per metric name");
-    w.sample("shoal_cardinality_limit", &[], None, &reg.cardinality_limit.to_string());
-    inner.flusher_stats.write(w);
-}
-
-/// The recorder installed globally by [`ShoalBuilder::install`].
-struct GlobalRecorder(Arc<Inner>);
 
 macro_rules! forward_recorder {
     ($ty:ty, $inner:ident => $get:expr) => {
@@ -418,5 +308,5 @@ macro_rules! forward_recorder {
     };
 }
 
-forward_recorder!(GlobalRecorder, this => this.0);
+forward_recorder!(GlobalRecorder, this => this.inner);
 forward_recorder!(Shoal, this => this.inner);

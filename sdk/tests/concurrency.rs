@@ -82,7 +82,7 @@ fn ten_thousand_short_lived_threads_keep_totals_exact_and_memory_bounded() {
                 t.join().unwrap();
             }
         }
-        shoal::hot::slot::free_slots()
+        shoal::__private::slot::free_slots()
     };
     let _ = memory_after(10_000);
     let hist_bytes_after_10k = histogram_bytes(&shoal);
@@ -92,16 +92,16 @@ fn ten_thousand_short_lived_threads_keep_totals_exact_and_memory_bounded() {
     // Slots are recycled, so the cells are bounded by stripes x touched
     // ranges: per stripe the two directory tables (2 x 32 pointers), at most
     // 9 pages (one per magnitude recorded) and 2 directories, 512 bytes each.
-    let stripes = shoal::hot::slot::stripes();
+    let stripes = shoal::__private::slot::stripes();
     let bound = stripes * (2 * 32 * 8 + 9 * 512 + 2 * 512 + 128) + 4096;
     assert!(hist_bytes_after_10k <= bound, "{hist_bytes_after_10k} bytes > bound {bound} for {stripes} stripes");
     // All owned slots go back to the pool (the other test of this binary may
     // briefly hold some: wait, bounded).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while shoal::hot::slot::free_slots() != shoal::hot::slot::owned_slots() && std::time::Instant::now() < deadline {
+    while shoal::__private::slot::free_slots() != shoal::__private::slot::owned_slots() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(shoal::hot::slot::free_slots(), shoal::hot::slot::owned_slots());
+    assert_eq!(shoal::__private::slot::free_slots(), shoal::__private::slot::owned_slots());
 }
 
 fn histogram_bytes(shoal: &Shoal) -> usize {

@@ -8,7 +8,7 @@
 //! compare-exchange, so the shared stripe's concurrent writers agree on one.
 
 use super::{add_f64, bump, slot};
-use crate::sketch::{mapping, mapping_for, Mapping, Rejection, Sketch};
+use shoal_core::sketch::{mapping, mapping_for, Mapping, Rejection, Sketch};
 use std::ptr;
 use std::sync::atomic::{
     AtomicPtr, AtomicU64,

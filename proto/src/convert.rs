@@ -1,12 +1,99 @@
-//! Conversions between shoal's types and the protobuf messages of the flush
-//! protocol (`proto/shoal.proto`), shared by the SDK and the collector.
+//! Conversions between the core types and the protobuf messages of the
+//! flush protocol (`proto/shoal.proto`), shared by the SDK, the collector and
+//! the fuzz target. Decoding validates: a [`DecodeError`] says what is wrong.
 
-use crate::sketch::{BucketStore, Sketch, MAX_SCALE, MIN_SCALE};
-use shoal_proto as pb;
+use crate::v1 as pb;
+use shoal_core::sketch::{mapping, BucketStore, Sketch, MAX_SCALE, MIN_SCALE};
+use std::fmt;
 
 /// Most buckets one side of a wire sketch may carry: the whole `f64` range at
 /// the finest scale. Anything larger is malformed.
 pub const MAX_WIRE_BUCKETS: usize = 2046 << MAX_SCALE;
+
+/// Why a protobuf sketch is not a valid [`Sketch`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum DecodeError {
+    /// The scale is outside `MIN_SCALE..=MAX_SCALE`.
+    Scale(i32),
+    /// A side carries more than [`MAX_WIRE_BUCKETS`] counts.
+    TooManyBuckets {
+        /// `positive` or `negative`.
+        side: &'static str,
+        /// Counts carried.
+        counts: usize,
+    },
+    /// A side's counts overflow `u64` when summed.
+    CountOverflow {
+        /// `positive` or `negative`.
+        side: &'static str,
+    },
+    /// Bucket indices outside the `f64` range at this scale.
+    OutOfRange {
+        /// `positive` or `negative`.
+        side: &'static str,
+        /// First index claimed.
+        first: i64,
+        /// Last index claimed.
+        last: i64,
+        /// The scale.
+        scale: i32,
+    },
+    /// A sparse side with gaps and counts of different lengths.
+    GapCount {
+        /// `positive` or `negative`.
+        side: &'static str,
+        /// Gaps carried.
+        gaps: usize,
+        /// Counts carried.
+        counts: usize,
+    },
+    /// A sparse gap after the first is 0 (indices must increase).
+    ZeroGap {
+        /// `positive` or `negative`.
+        side: &'static str,
+        /// Its position.
+        position: usize,
+    },
+    /// A histogram update without a sketch.
+    Missing,
+    /// Count, sum or extremes that do not fit the buckets (non-finite sum,
+    /// extremes outside the buckets, ...), as [`Sketch::from_parts`] says.
+    Inconsistent(String),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Scale(s) => write!(f, "sketch scale {s} outside {MIN_SCALE}..={MAX_SCALE}"),
+            DecodeError::TooManyBuckets { side, counts } => write!(f, "{side} buckets: {counts} counts, at most {MAX_WIRE_BUCKETS}"),
+            DecodeError::CountOverflow { side } => write!(f, "{side} bucket counts overflow u64"),
+            DecodeError::OutOfRange { side, first, last, scale } => {
+                let (lowest, highest) = mapping::index_range(*scale);
+                write!(f, "{side} buckets [{first}, {last}] outside the range [{lowest}, {highest}] of scale {scale}")
+            }
+            DecodeError::GapCount { side, gaps, counts } => write!(f, "{side} buckets: {gaps} gaps for {counts} counts"),
+            DecodeError::ZeroGap { side, position } => write!(f, "{side} buckets: gap {position} is 0 (indices must increase)"),
+            DecodeError::Missing => f.write_str("histogram update without a sketch"),
+            DecodeError::Inconsistent(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl From<&Sketch> for pb::Sketch {
+    fn from(s: &Sketch) -> pb::Sketch {
+        sketch_to_proto(s)
+    }
+}
+
+impl TryFrom<&pb::Sketch> for Sketch {
+    type Error = DecodeError;
+
+    fn try_from(p: &pb::Sketch) -> Result<Sketch, DecodeError> {
+        sketch_from_proto(p)
+    }
+}
 
 /// A sketch as a protobuf message.
 pub fn sketch_to_proto(s: &Sketch) -> pb::Sketch {
@@ -45,11 +132,11 @@ pub fn sketch_to_proto(s: &Sketch) -> pb::Sketch {
 /// A protobuf sketch as a [`Sketch`], validated: scale in range, bucket range
 /// within the `f64` range, counts summing without overflow, finite sum and
 /// extremes. The error says what is wrong.
-pub fn sketch_from_proto(p: &pb::Sketch) -> Result<Sketch, String> {
+pub fn sketch_from_proto(p: &pb::Sketch) -> Result<Sketch, DecodeError> {
     if !(MIN_SCALE..=MAX_SCALE).contains(&p.scale) {
-        return Err(format!("sketch scale {} outside {MIN_SCALE}..={MAX_SCALE}", p.scale));
+        return Err(DecodeError::Scale(p.scale));
     }
-    let (lowest, highest) = crate::sketch::mapping::index_range(p.scale);
+    let (lowest, highest) = mapping::index_range(p.scale);
     let positive = decode_side(&p.positive, "positive", lowest, highest, p.scale)?;
     let negative = decode_side(&p.negative, "negative", lowest, highest, p.scale)?;
     // A sparse side costs a few bytes per bucket on the wire but its whole
@@ -62,6 +149,7 @@ pub fn sketch_from_proto(p: &pb::Sketch) -> Result<Sketch, String> {
         shift += 1;
     }
     Sketch::from_parts(p.scale - shift as i32, p.zero_count, positive.into_store(shift), negative.into_store(shift), p.sum, p.min, p.max)
+        .map_err(DecodeError::Inconsistent)
 }
 
 /// Most slots a decoded side may span before it is decoded at a coarser scale.
@@ -111,14 +199,14 @@ impl Side<'_> {
     }
 }
 
-fn decode_side<'a>(b: &'a Option<pb::Buckets>, side: &str, lowest: i32, highest: i32, scale: i32) -> Result<Side<'a>, String> {
+fn decode_side<'a>(b: &'a Option<pb::Buckets>, side: &'static str, lowest: i32, highest: i32, scale: i32) -> Result<Side<'a>, DecodeError> {
     let Some(b) = b else { return Ok(Side::Empty) };
     if b.counts.len() > MAX_WIRE_BUCKETS {
-        return Err(format!("{side} buckets: {} counts, at most {MAX_WIRE_BUCKETS}", b.counts.len()));
+        return Err(DecodeError::TooManyBuckets { side, counts: b.counts.len() });
     }
     let mut total: u64 = 0;
     for &c in &b.counts {
-        total = total.checked_add(c).ok_or_else(|| format!("{side} bucket counts overflow u64"))?;
+        total = total.checked_add(c).ok_or(DecodeError::CountOverflow { side })?;
     }
     let in_range = |first: i64, last: i64| first >= lowest as i64 && last <= highest as i64;
     if b.counts.is_empty() {
@@ -127,22 +215,22 @@ fn decode_side<'a>(b: &'a Option<pb::Buckets>, side: &str, lowest: i32, highest:
     if b.gaps.is_empty() {
         let last = b.offset as i64 + b.counts.len() as i64 - 1;
         if !in_range(b.offset as i64, last) {
-            return Err(format!("{side} buckets [{}, {last}] outside the range [{lowest}, {highest}] of scale {scale}", b.offset));
+            return Err(DecodeError::OutOfRange { side, first: b.offset as i64, last, scale });
         }
         return Ok(Side::Dense(b.offset, &b.counts));
     }
     if b.gaps.len() != b.counts.len() {
-        return Err(format!("{side} buckets: {} gaps for {} counts", b.gaps.len(), b.counts.len()));
+        return Err(DecodeError::GapCount { side, gaps: b.gaps.len(), counts: b.counts.len() });
     }
     let mut index = b.offset as i64;
     let mut entries = Vec::with_capacity(b.gaps.len());
     for (k, (&gap, &count)) in b.gaps.iter().zip(&b.counts).enumerate() {
         if k > 0 && gap == 0 {
-            return Err(format!("{side} buckets: gap {k} is 0 (indices must increase)"));
+            return Err(DecodeError::ZeroGap { side, position: k });
         }
         index += gap as i64;
         if !in_range(index, index) {
-            return Err(format!("{side} bucket {index} outside the range [{lowest}, {highest}] of scale {scale}"));
+            return Err(DecodeError::OutOfRange { side, first: index, last: index, scale });
         }
         entries.push((index, count));
     }
@@ -152,6 +240,11 @@ fn decode_side<'a>(b: &'a Option<pb::Buckets>, side: &str, lowest: i32, highest:
 /// Labels as protobuf messages.
 pub fn labels_to_proto(labels: &[(String, String)]) -> Vec<pb::Label> {
     labels.iter().map(|(k, v)| pb::Label { key: k.clone(), value: v.clone() }).collect()
+}
+
+/// Protobuf labels as pairs.
+pub fn labels_from_proto(labels: &[pb::Label]) -> Vec<(String, String)> {
+    labels.iter().map(|l| (l.key.clone(), l.value.clone())).collect()
 }
 
 #[cfg(test)]
@@ -174,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_tiny_message_cannot_claim_a_huge_span() {
-        let (lowest, highest) = crate::sketch::mapping::index_range(6);
+        let (lowest, highest) = mapping::index_range(6);
         let p = pb::Sketch {
             scale: 6,
             zero_count: 0,
@@ -208,20 +301,20 @@ mod tests {
             s
         });
         p.scale = 99;
-        assert!(sketch_from_proto(&p).unwrap_err().contains("scale"));
+        assert!(sketch_from_proto(&p).unwrap_err().to_string().contains("scale"));
         p.scale = 6;
         p.positive = Some(pb::Buckets { offset: i32::MAX - 1, counts: vec![1, 1], gaps: vec![] });
-        assert!(sketch_from_proto(&p).unwrap_err().contains("outside"));
+        assert!(sketch_from_proto(&p).unwrap_err().to_string().contains("outside"));
         p.positive = Some(pb::Buckets { offset: 0, counts: vec![u64::MAX, 1], gaps: vec![] });
-        assert!(sketch_from_proto(&p).unwrap_err().contains("overflow"));
+        assert!(sketch_from_proto(&p).unwrap_err().to_string().contains("overflow"));
         p.positive = Some(pb::Buckets { offset: 0, counts: vec![1, 1], gaps: vec![0, 0] });
-        assert!(sketch_from_proto(&p).unwrap_err().contains("gap 1 is 0"));
+        assert!(sketch_from_proto(&p).unwrap_err().to_string().contains("gap 1 is 0"));
         p.positive = Some(pb::Buckets { offset: 0, counts: vec![1, 1], gaps: vec![0] });
-        assert!(sketch_from_proto(&p).unwrap_err().contains("gaps"));
+        assert!(sketch_from_proto(&p).unwrap_err().to_string().contains("gaps"));
         p.positive = Some(pb::Buckets { offset: 0, counts: vec![1], gaps: vec![u32::MAX] });
-        assert!(sketch_from_proto(&p).unwrap_err().contains("outside"));
+        assert!(sketch_from_proto(&p).unwrap_err().to_string().contains("outside"));
         p.positive = Some(pb::Buckets { offset: 0, counts: vec![1], gaps: vec![] });
         p.sum = f64::NAN;
-        assert!(sketch_from_proto(&p).unwrap_err().contains("sum"));
+        assert!(sketch_from_proto(&p).unwrap_err().to_string().contains("sum"));
     }
 }

@@ -211,9 +211,10 @@ impl Sketch {
         Ok(())
     }
 
-    /// Adds raw bucket counts at this sketch's scale (used when folding the
-    /// hot-path cells). `sign` is `1` for positive buckets, `-1` for negative.
-    pub(crate) fn add_bucket(&mut self, sign: i8, index: i32, n: u64) {
+    /// Adds raw bucket counts at this sketch's scale (the SDK folds its
+    /// hot-path cells with it). `sign` is `1` for positive buckets, `-1` for
+    /// negative. The caller keeps `sum`, `min` and `max` consistent.
+    pub fn add_bucket(&mut self, sign: i8, index: i32, n: u64) {
         if sign >= 0 {
             self.positive.add(index, n);
         } else {
@@ -222,12 +223,14 @@ impl Sketch {
         self.count = self.count.saturating_add(n);
     }
 
-    pub(crate) fn add_zero(&mut self, n: u64) {
+    /// Adds `n` samples to the zero bucket (raw, as [`Sketch::add_bucket`]).
+    pub fn add_zero(&mut self, n: u64) {
         self.zero_count = self.zero_count.saturating_add(n);
         self.count = self.count.saturating_add(n);
     }
 
-    pub(crate) fn add_sum(&mut self, sum: f64) {
+    /// Adds to the sum of samples (raw, as [`Sketch::add_bucket`]).
+    pub fn add_sum(&mut self, sum: f64) {
         self.sum += sum;
     }
 
@@ -296,7 +299,7 @@ impl Sketch {
 
     /// Sets the recorded extremes (used when the extremes of a delta are
     /// tracked separately from its buckets).
-    pub(crate) fn set_extremes(&mut self, min: f64, max: f64) {
+    pub fn set_extremes(&mut self, min: f64, max: f64) {
         if self.count > 0 {
             self.min = min;
             self.max = max;

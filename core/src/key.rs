@@ -5,6 +5,7 @@
 //! its stable 64-bit hash is XXH3-64 of that string: the same in every process
 //! and version, so it can route series to collectors.
 
+use crate::names::{sanitize_label_name, sanitize_metric_name};
 use std::fmt::Write;
 
 /// The identity of one series.
@@ -42,11 +43,6 @@ impl SeriesKey {
         SeriesKey { canonical, name, labels: deduped, id }
     }
 
-    /// Key of a `metrics` facade key.
-    pub fn from_metrics(key: &metrics::Key) -> SeriesKey {
-        SeriesKey::new(key.name(), key.labels().map(|l| (l.key(), l.value())))
-    }
-
     /// The metric name.
     pub fn name(&self) -> &str {
         &self.name
@@ -65,6 +61,13 @@ impl SeriesKey {
     /// Stable XXH3-64 hash of [`SeriesKey::canonical`].
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The key this series is exposed and sent under: Prometheus-valid name
+    /// and label keys (see [`crate::names`]), label keys that collide once
+    /// sanitised de-duplicated (the last wins, as in [`SeriesKey::new`]).
+    pub fn exposed(&self) -> SeriesKey {
+        SeriesKey::new(sanitize_metric_name(&self.name), self.labels.iter().map(|(k, v)| (sanitize_label_name(k), v.clone())))
     }
 }
 

@@ -7,50 +7,45 @@
 //! window gives cluster quantiles, never an average of instance quantiles);
 //! gauges keep the last value per instance and roll up at read time.
 //!
-//! Exactly once: an instance's batches carry sequence numbers; a batch at or
-//! below the last merged sequence of its instance is acknowledged and ignored.
-//! A batch is validated completely before anything is merged, so a refused
-//! batch changes nothing.
+//! Stages of [`Aggregator::apply`]: [`crate::validate`] (a [`ValidBatch`] or
+//! a refusal of the whole batch) -> dedup (an instance's batch at or below
+//! its last merged sequence is acknowledged and ignored) -> binding the
+//! definitions ([`instances`]) -> [`admission`] of every update (blocklist,
+//! kinds, series limits) -> commit into the [`rollup`] series. Nothing is
+//! changed before the commit, so a refused batch changes nothing.
 //!
-//! Protecting the collector from its clients: a batch can be merged with
-//! some of its series rejected one by one (the rest is not lost): series
-//! past the instance's, the metric name's or the collector's series limit,
-//! blocked names, and kind conflicts. Each is counted per reason (in
-//! series-updates and values, see [`crate::stats`]) and reported back in the
-//! response. Every structure grows only with accepted series, which the
-//! limits bound, plus refused refs, bounded by the per-instance limit too.
+//! Protecting the collector from its clients: a batch merges with some of
+//! its series rejected one by one (the rest is not lost): invalid names,
+//! labels, values and sketches, series past the instance's, the metric
+//! name's or the collector's series limit, blocked names, and kind
+//! conflicts. Each is counted per reason (in series-updates and values, see
+//! [`crate::stats`]) and reported back in the response. Every structure
+//! grows only with accepted series, which the limits bound, plus refused
+//! refs, bounded by [`admission::Limits::refused_refs`].
 
+pub mod admission;
+pub mod instances;
+pub mod rollup;
+
+pub use self::admission::Limits;
+pub use self::rollup::{merge_bounded, Point, MAX_ROLLUP_SPAN};
+pub use shoal_core::Kind;
+
+use self::admission::{Admission, Holdings};
+use self::instances::{Instance, RefEntry};
+use self::rollup::{series_entry, Series};
 use crate::config::Config;
-use crate::stats::{Rejection, Stats};
-use shoal::delta::Blocklist;
-use shoal::{wire, SeriesKey, Sketch};
+use crate::rejection::{Refused, Rejection};
+use crate::stats::Stats;
+use crate::validate::{self, ValidBatch, Value};
+use shoal_core::{Blocklist, SeriesKey, Sketch};
 use shoal_proto as pb;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Kind of a rollup series.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// u64 deltas, summed.
-    Counter,
-    /// f64 last values, rolled up by rule.
-    Gauge,
-    /// Sketches, merged.
-    Histogram,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
+pub use crate::validate::request_values;
 
 /// A series of a merged batch that was not merged.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,58 +67,6 @@ pub enum Outcome {
     Duplicate,
     /// Refers to series this collector was never told about: nothing merged.
     UnknownRefs(Vec<u32>),
-}
-
-/// Why a batch was refused (nothing of it was merged).
-#[derive(Debug)]
-pub struct Refused {
-    /// Self-metric reason.
-    pub reason: Rejection,
-    /// Human-readable detail for the gRPC status.
-    pub message: String,
-}
-
-fn refuse(reason: Rejection, message: impl Into<String>) -> Refused {
-    Refused { reason, message: message.into() }
-}
-
-/// One interval's worth of a series.
-#[derive(Clone, Debug)]
-pub enum Point {
-    /// Counter increase in the interval.
-    Counter(u64),
-    /// Histogram samples of the interval.
-    Histogram(Sketch),
-}
-
-struct Series {
-    key: Arc<SeriesKey>,
-    kind: Kind,
-    total: u64,
-    sum: f64,
-    /// (interval index, point), ascending.
-    points: VecDeque<(u64, Point)>,
-}
-
-/// What an instance's ref stands for.
-#[derive(Clone)]
-enum RefEntry {
-    /// A series.
-    Series(Arc<SeriesKey>),
-    /// A definition refused for good (the instance's series limit): its
-    /// updates are rejected, not answered as unknown (which would make the
-    /// SDK resend definitions forever).
-    Refused(Rejection),
-}
-
-struct Instance {
-    labels: Vec<(String, String)>,
-    last_sequence: u64,
-    refs: HashMap<u32, RefEntry>,
-    /// `Series` entries of `refs`.
-    accepted: usize,
-    gauges: HashMap<Arc<SeriesKey>, f64>,
-    last_seen_secs: u64,
 }
 
 /// All rollups of one collector.
@@ -161,6 +104,23 @@ pub struct SeriesView {
     pub gauge: Option<f64>,
     /// Histogram: merged sketch over the summary window.
     pub window: Option<Sketch>,
+}
+
+/// Per-reason tallies of the series rejected in one batch.
+#[derive(Default)]
+struct RejectedTally {
+    list: Vec<SeriesRejected>,
+    updates: [u64; Rejection::ALL.len()],
+    values: [u64; Rejection::ALL.len()],
+}
+
+impl RejectedTally {
+    fn add(&mut self, r#ref: u32, refused: Refused, values: u64) {
+        let i = refused.reason as usize;
+        self.updates[i] += 1;
+        self.values[i] = self.values[i].wrapping_add(values);
+        self.list.push(SeriesRejected { r#ref, reason: refused.reason, message: refused.message });
+    }
 }
 
 impl Aggregator {
@@ -232,7 +192,7 @@ impl Aggregator {
         let values = request_values(req);
         let stats = self.stats.clone();
         stats.received.add(updates, values);
-        let outcome = self.apply_uncounted(req, now);
+        let outcome = validate::batch(req).and_then(|batch| self.apply_valid(batch, now));
         match &outcome {
             Ok(Outcome::Merged(_)) => {} // counted while merging
             Ok(Outcome::Duplicate) => stats.duplicate.add(updates, values),
@@ -245,93 +205,51 @@ impl Aggregator {
         outcome
     }
 
-    fn apply_uncounted(&mut self, req: &pb::FlushRequest, now: u64) -> Result<Outcome, Refused> {
-        crate::validate::batch(req)?;
-        if let Some(instance) = self.instances.get_mut(&req.instance_id) {
+    fn apply_valid(&mut self, batch: ValidBatch, now: u64) -> Result<Outcome, Refused> {
+        if let Some(instance) = self.instances.get_mut(&batch.instance_id) {
             instance.last_seen_secs = now;
-            if req.sequence <= instance.last_sequence {
+            if batch.sequence <= instance.last_sequence {
                 return Ok(Outcome::Duplicate);
             }
         }
-        let mut sketches = Vec::with_capacity(req.histograms.len());
-        for h in &req.histograms {
-            let sketch =
-                h.sketch.as_ref().ok_or_else(|| refuse(Rejection::InvalidSketch, format!("histogram ref {} has no sketch", h.r#ref)))?;
-            let sketch =
-                wire::sketch_from_proto(sketch).map_err(|e| refuse(Rejection::InvalidSketch, format!("histogram ref {}: {e}", h.r#ref)))?;
-            sketches.push(sketch);
-        }
-        let instance_labels = labels_of(&req.instance_labels);
-        let limits = (self.config.max_series_per_instance, self.config.max_series_per_metric, self.config.max_series_total);
-        // Bind the definitions, within the instance's series limit; nothing
+        let limits = Limits::of(&self.config);
+        // Bind the definitions, within the instance's limits; nothing
         // changes before the commit below.
-        let known = self.instances.get(&req.instance_id);
-        let (mut accepted, mut refused) = known.map_or((0, 0), |i| (i.accepted, i.refs.len() - i.accepted));
-        let mut defined: HashMap<u32, RefEntry> = HashMap::with_capacity(req.definitions.len());
-        for d in &req.definitions {
-            let mut labels = instance_labels.clone();
-            // Series labels override instance labels of the same key.
-            labels.extend(labels_of(&d.labels));
-            let key = Arc::new(SeriesKey::new(d.name.clone(), labels));
-            let entry = match known.and_then(|i| i.refs.get(&d.r#ref)) {
-                // A ref bound before stays counted as it was.
-                Some(RefEntry::Series(_)) => RefEntry::Series(key),
-                Some(RefEntry::Refused(r)) => RefEntry::Refused(*r),
-                None if accepted < limits.0 => {
-                    accepted += 1;
-                    RefEntry::Series(key)
-                }
-                None => {
-                    refused += 1;
-                    if refused > limits.0 {
-                        return Err(refuse(
-                            Rejection::InstanceLimit,
-                            format!("instance keeps defining series past its limit of {}: batch refused", limits.0),
-                        ));
-                    }
-                    RefEntry::Refused(Rejection::SeriesLimitInstance)
-                }
-            };
-            defined.insert(d.r#ref, entry);
+        let known = self.instances.get(&batch.instance_id);
+        let mut binding = instances::Binding::new(known, &limits);
+        for d in batch.definitions {
+            binding.bind(d, &batch.instance_labels)?;
         }
-        let resolve = |r: u32| defined.get(&r).or_else(|| known.and_then(|k| k.refs.get(&r))).cloned();
-        // Resolve every update; reject per series what breaks a rule.
+        // Resolve and admit every update; reject per series what breaks a rule.
         let mut unknown = Vec::new();
-        let mut rejected: Vec<SeriesRejected> = Vec::new();
-        let mut rejected_values = [0u64; Rejection::ALL.len()];
-        let mut rejected_updates = [0u64; Rejection::ALL.len()];
-        let mut batch_kinds: HashMap<String, Kind> = HashMap::new();
-        let mut new_series: HashMap<Arc<SeriesKey>, ()> = HashMap::new();
-        let mut new_per_name: HashMap<String, usize> = HashMap::new();
-        let mut counters: Vec<(Arc<SeriesKey>, u64)> = Vec::with_capacity(req.counters.len());
-        let mut gauges: Vec<(Arc<SeriesKey>, f64)> = Vec::with_capacity(req.gauges.len());
-        let mut histograms: Vec<(Arc<SeriesKey>, Sketch)> = Vec::with_capacity(req.histograms.len());
-        let updates = req
-            .counters
-            .iter()
-            .map(|c| (c.r#ref, Kind::Counter, c.delta))
-            .chain(req.gauges.iter().map(|g| (g.r#ref, Kind::Gauge, 0)))
-            .chain(sketches.iter().zip(&req.histograms).map(|(s, h)| (h.r#ref, Kind::Histogram, s.count())));
-        let mut keys: Vec<Option<Arc<SeriesKey>>> = Vec::with_capacity(req.counters.len() + req.gauges.len() + req.histograms.len());
-        for (r, kind, values) in updates {
-            let key = match resolve(r) {
-                None => {
-                    unknown.push(r);
-                    keys.push(None);
-                    continue;
-                }
-                Some(RefEntry::Refused(reason)) => Err((reason, format!("ref {r}: series over the instance's limit of {}", limits.0))),
-                Some(RefEntry::Series(key)) => {
-                    self.admit(&key, kind, limits, &mut batch_kinds, &mut new_series, &mut new_per_name).map(|()| key)
-                }
+        let mut rejected = RejectedTally::default();
+        let mut admission = Admission::default();
+        let mut accepted: Vec<(Arc<SeriesKey>, Value)> = Vec::with_capacity(batch.updates.len());
+        {
+            let series = &self.series;
+            let has_series = |k: &SeriesKey| series.contains_key(k);
+            let held = Holdings {
+                blocklist: &self.blocklist,
+                kinds_by_name: &self.kinds_by_name,
+                series_per_name: &self.series_per_name,
+                series: &has_series,
+                series_count: self.series.len(),
             };
-            match key {
-                Ok(key) => keys.push(Some(key)),
-                Err((reason, message)) => {
-                    rejected_values[reason as usize] = rejected_values[reason as usize].wrapping_add(values);
-                    rejected_updates[reason as usize] += 1;
-                    rejected.push(SeriesRejected { r#ref: r, reason, message });
-                    keys.push(None);
+            for update in batch.updates {
+                let r = update.r#ref;
+                let admitted = match binding.resolve(r) {
+                    None => {
+                        unknown.push(r);
+                        continue;
+                    }
+                    Some(RefEntry::Refused(reason)) => Err(binding.refusal(r, reason)),
+                    Some(RefEntry::Series(key)) => {
+                        update.value.and_then(|value| admission.admit(&held, &limits, &key, value.kind()).map(|()| (key, value)))
+                    }
+                };
+                match admitted {
+                    Ok(ok) => accepted.push(ok),
+                    Err(refused) => rejected.add(r, refused, update.values),
                 }
             }
         }
@@ -340,137 +258,58 @@ impl Aggregator {
             unknown.dedup();
             return Ok(Outcome::UnknownRefs(unknown));
         }
-        let mut keys = keys.into_iter();
-        for c in &req.counters {
-            if let Some(k) = keys.next().flatten() {
-                counters.push((k, c.delta));
-            }
-        }
-        for g in &req.gauges {
-            if let Some(k) = keys.next().flatten() {
-                gauges.push((k, g.value));
-            }
-        }
-        for sketch in sketches {
-            if let Some(k) = keys.next().flatten() {
-                histograms.push((k, sketch));
+        // Definitions refused in this batch are reported even without an update.
+        for (r, refused) in binding.take_refusals() {
+            if !rejected.list.iter().any(|x| x.r#ref == r) {
+                rejected.list.push(SeriesRejected { r#ref: r, reason: refused.reason, message: refused.message });
             }
         }
 
         // Commit.
-        let interval = self.interval_of(req.interval_end_unix_nanos, now);
-        let instance = self.instances.entry(req.instance_id.clone()).or_insert_with(|| Instance {
-            labels: instance_labels.clone(),
-            last_sequence: 0,
-            refs: HashMap::new(),
-            accepted: 0,
-            gauges: HashMap::new(),
-            last_seen_secs: now,
-        });
-        instance.last_sequence = req.sequence;
-        instance.last_seen_secs = now;
-        instance.labels = instance_labels;
-        instance.refs.extend(defined);
-        instance.accepted = accepted;
-        for (name, kind) in batch_kinds {
+        let interval = self.interval_of(batch.interval_end_unix_nanos, now);
+        let bound = binding.finish();
+        let instance = self.instances.entry(batch.instance_id.clone()).or_insert_with(|| Instance::new(now));
+        bound.commit(instance, batch.sequence, now, batch.instance_labels);
+        for (name, kind) in admission.kinds {
             self.kinds_by_name.entry(name).or_insert(kind);
         }
-        for (name, n) in new_per_name {
+        for (name, n) in admission.new_per_name {
             *self.series_per_name.entry(name).or_insert(0) += n;
         }
         let (mut merged_updates, mut merged_values) = (0u64, 0u64);
-        for (key, delta) in counters {
-            let s = series_entry(&mut self.series, key, Kind::Counter);
-            s.total = s.total.wrapping_add(delta);
-            match point_at(&mut s.points, interval, || Point::Counter(0)) {
-                Point::Counter(v) => *v = v.wrapping_add(delta),
-                Point::Histogram(_) => unreachable!("kind checked above"),
+        for (key, value) in accepted {
+            merged_updates += 1;
+            match value {
+                Value::Counter(delta) => {
+                    series_entry(&mut self.series, key, Kind::Counter).add_counter(interval, delta);
+                    merged_values = merged_values.wrapping_add(delta);
+                }
+                Value::Histogram(sketch) => {
+                    merged_values = merged_values.wrapping_add(sketch.count());
+                    series_entry(&mut self.series, key, Kind::Histogram).add_histogram(interval, sketch);
+                }
+                Value::Gauge(v) => {
+                    series_entry(&mut self.series, key.clone(), Kind::Gauge);
+                    instance.gauges.insert(key, v);
+                }
             }
-            merged_updates += 1;
-            merged_values = merged_values.wrapping_add(delta);
-        }
-        for (key, sketch) in histograms {
-            let count = sketch.count();
-            let s = series_entry(&mut self.series, key, Kind::Histogram);
-            s.total = s.total.saturating_add(count);
-            s.sum += sketch.sum();
-            let scale = sketch.scale();
-            match point_at(&mut s.points, interval, || Point::Histogram(Sketch::with_scale(scale))) {
-                Point::Histogram(p) => merge_bounded(p, sketch),
-                Point::Counter(_) => unreachable!("kind checked above"),
-            }
-            merged_updates += 1;
-            merged_values = merged_values.wrapping_add(count);
-        }
-        for (key, value) in gauges {
-            series_entry(&mut self.series, key.clone(), Kind::Gauge);
-            instance.gauges.insert(key, value);
-            merged_updates += 1;
         }
         self.stats.series_updates_merged.fetch_add(merged_updates, Relaxed);
         self.stats.merged.add(merged_updates, merged_values);
         for why in Rejection::ALL {
-            if rejected_updates[why as usize] > 0 {
-                self.stats.reject_series(why, rejected_updates[why as usize], rejected_values[why as usize]);
+            let i = why as usize;
+            if rejected.updates[i] > 0 {
+                self.stats.reject_series(why, rejected.updates[i], rejected.values[i]);
             }
         }
-        Ok(Outcome::Merged(rejected))
-    }
-
-    /// Whether an update of `kind` to `key` may be merged: not blocked, the
-    /// kind its name already has, and within the series limits if it would
-    /// create a rollup series.
-    fn admit(
-        &self,
-        key: &Arc<SeriesKey>,
-        kind: Kind,
-        (_, per_metric, total): (usize, usize, usize),
-        batch_kinds: &mut HashMap<String, Kind>,
-        new_series: &mut HashMap<Arc<SeriesKey>, ()>,
-        new_per_name: &mut HashMap<String, usize>,
-    ) -> Result<(), (Rejection, String)> {
-        let name = key.name();
-        if self.blocklist.blocks(name) {
-            return Err((Rejection::Blocked, format!("metric {name:?} is on the collector's blocklist")));
-        }
-        let existing = self.kinds_by_name.get(name).or_else(|| batch_kinds.get(name)).copied();
-        if let Some(existing) = existing {
-            if existing != kind {
-                return Err((
-                    Rejection::KindConflict,
-                    format!("metric {name:?} is a {} here but was sent as a {}", existing.as_str(), kind.as_str()),
-                ));
-            }
-        }
-        if !self.series.contains_key(key) && !new_series.contains_key(key) {
-            let for_name = self.series_per_name.get(name).copied().unwrap_or(0) + new_per_name.get(name).copied().unwrap_or(0);
-            if for_name >= per_metric {
-                return Err((Rejection::SeriesLimitMetric, format!("metric {name:?} has {for_name} series, the limit")));
-            }
-            if self.series.len() + new_series.len() >= total {
-                return Err((Rejection::SeriesLimitTotal, format!("the collector holds {total} series, the limit")));
-            }
-            new_series.insert(key.clone(), ());
-            match new_per_name.get_mut(name) {
-                Some(n) => *n += 1,
-                None => {
-                    new_per_name.insert(name.to_string(), 1);
-                }
-            }
-        }
-        if existing.is_none() {
-            batch_kinds.insert(name.to_string(), kind);
-        }
-        Ok(())
+        Ok(Outcome::Merged(rejected.list))
     }
 
     /// Drops points older than the retention and instances silent past expiry.
     pub fn maintain(&mut self, now: u64) {
         let oldest_interval = now.saturating_sub(self.config.retention_secs) / self.config.interval_secs;
         for s in self.series.values_mut() {
-            while s.points.front().is_some_and(|(i, _)| *i < oldest_interval) {
-                s.points.pop_front();
-            }
+            s.trim(oldest_interval);
         }
         let expiry = self.config.instance_expiry_secs;
         self.instances.retain(|_, i| now.saturating_sub(i.last_seen_secs) < expiry);
@@ -537,79 +376,6 @@ impl Aggregator {
             .map(|s| (s.key.canonical().to_string(), (s.key.clone(), s.kind)))
             .collect()
     }
-}
-
-/// Values a request carries (counter deltas summed, histogram samples), with
-/// wrapping arithmetic: a malformed request still gets a number.
-pub fn request_values(req: &pb::FlushRequest) -> u64 {
-    let mut v = req.counters.iter().fold(0u64, |a, c| a.wrapping_add(c.delta));
-    for h in req.histograms.iter().filter_map(|h| h.sketch.as_ref()) {
-        v = v.wrapping_add(h.zero_count);
-        for b in [&h.positive, &h.negative].into_iter().flatten() {
-            v = b.counts.iter().fold(v, |a, c| a.wrapping_add(*c));
-        }
-    }
-    v
-}
-
-fn labels_of(labels: &[pb::Label]) -> Vec<(String, String)> {
-    labels.iter().map(|l| (l.key.clone(), l.value.clone())).collect()
-}
-
-/// Most buckets a side of a rollup sketch may span. A legitimate sketch at
-/// the default scale (6) spans 64 buckets per power of two, so 8192 covers
-/// 128 powers of two (1e-19 to 1e19) at full resolution; two tiny hostile
-/// sketches at opposite ends of the `f64` range would otherwise make a dense
-/// store of half a million buckets when merged.
-pub const MAX_ROLLUP_SPAN: usize = 8192;
-
-/// Merges `incoming` into `point`, first lowering both scales (an exact,
-/// coarser merge) until each side of the result spans at most
-/// [`MAX_ROLLUP_SPAN`] buckets: memory per point is bounded whatever is sent.
-pub fn merge_bounded(point: &mut Sketch, mut incoming: Sketch) {
-    let span = |a: &shoal::sketch::BucketStore, b: &shoal::sketch::BucketStore, shift: u32| -> usize {
-        let range = |s: &shoal::sketch::BucketStore| (!s.is_empty()).then(|| (s.offset() as i64, s.offset() as i64 + s.len() as i64 - 1));
-        let (lo, hi) = match (range(a), range(b)) {
-            (None, None) => return 0,
-            (Some(r), None) | (None, Some(r)) => r,
-            (Some(x), Some(y)) => (x.0.min(y.0), x.1.max(y.1)),
-        };
-        ((hi >> shift) - (lo >> shift) + 1) as usize
-    };
-    let scale = point.scale().min(incoming.scale());
-    point.downscale((point.scale() - scale) as u32);
-    incoming.downscale((incoming.scale() - scale) as u32);
-    let mut by = 0u32;
-    while point.scale() - (by as i32) > shoal::sketch::MIN_SCALE
-        && (span(point.positive(), incoming.positive(), by) > MAX_ROLLUP_SPAN
-            || span(point.negative(), incoming.negative(), by) > MAX_ROLLUP_SPAN)
-    {
-        by += 1;
-    }
-    point.downscale(by);
-    incoming.downscale(by);
-    point.merge(&incoming);
-}
-
-fn series_entry(series: &mut HashMap<Arc<SeriesKey>, Series>, key: Arc<SeriesKey>, kind: Kind) -> &mut Series {
-    series.entry(key.clone()).or_insert_with(|| Series { key, kind, total: 0, sum: 0.0, points: VecDeque::new() })
-}
-
-fn point_at(points: &mut VecDeque<(u64, Point)>, interval: u64, make: impl FnOnce() -> Point) -> &mut Point {
-    // Nearly always the last interval: search from the back.
-    let pos = points.iter().rposition(|(i, _)| *i <= interval);
-    let at = match pos {
-        Some(p) if points[p].0 == interval => p,
-        Some(p) => {
-            points.insert(p + 1, (interval, make()));
-            p + 1
-        }
-        None => {
-            points.push_front((interval, make()));
-            0
-        }
-    };
-    &mut points[at].1
 }
 
 #[cfg(test)]
@@ -683,11 +449,18 @@ mod tests {
     #[test]
     fn an_instance_that_keeps_defining_past_its_limit_is_refused_as_a_whole() {
         let mut a = agg(|c| c.max_series_per_instance = 2);
-        let defs: Vec<_> = (0..5).map(|r| def(r, &format!("m{r}"), &[])).collect();
-        let counters: Vec<_> = (0..5).map(|r| (r, 1)).collect();
+        // Two accepted, then refused ones up to the bound on refused refs...
+        let n = 2 + 2 * admission::REFUSED_REFS_FACTOR as u32;
+        let defs: Vec<_> = (0..n).map(|r| def(r, &format!("m{r}"), &[])).collect();
+        let counters: Vec<_> = (0..n).map(|r| (r, 1)).collect();
+        let out = a.apply(&batch("j", 1, defs, &counters), unix_secs()).unwrap();
+        assert_eq!(rejected(out).len(), n as usize - 2, "refused one by one");
+        // ...and one more refuses the batch.
+        let defs: Vec<_> = (0..=n).map(|r| def(r, &format!("m{r}"), &[])).collect();
+        let counters: Vec<_> = (0..=n).map(|r| (r, 1)).collect();
         let refused = a.apply(&batch("i", 1, defs, &counters), unix_secs()).unwrap_err();
         assert_eq!(refused.reason, Rejection::InstanceLimit);
-        assert_eq!(a.series_count(), 0, "a refused batch changes nothing");
+        assert_eq!(a.series_count(), 2, "a refused batch changes nothing (instance j's two remain)");
         assert_eq!(a.stats.rejected(Rejection::InstanceLimit), 1);
         assert_conserved(&a.stats);
     }
@@ -728,6 +501,31 @@ mod tests {
         assert!(a.reload(&bad).is_err());
         assert_eq!(a.stats.rejected_flow(Rejection::Blocked).values(), 3);
         assert_eq!(a.stats.merged.values(), 4 + 5);
+        assert_conserved(&a.stats);
+    }
+
+    #[test]
+    fn a_bad_series_never_stops_its_neighbours() {
+        let mut a = agg(|_| {});
+        let big = "v".repeat(2000);
+        let long = "n".repeat(300);
+        let defs =
+            vec![def(1, "healthy_total", &[]), def(2, "x", &[("big", &big)]), def(3, &long, &[]), def(4, "healthy_total", &[("k", "g")])];
+        let mut b = batch("i", 1, defs, &[(1, 10), (2, 5), (3, 6)]);
+        b.gauges = vec![pb::GaugeValue { r#ref: 4, value: 1.0 }];
+        let out = rejected(a.apply(&b, unix_secs()).unwrap());
+        assert_eq!(
+            out,
+            vec![(2, Rejection::InvalidSeries), (3, Rejection::InvalidSeries), (4, Rejection::KindConflict)],
+            "each bad series refused alone"
+        );
+        // The next batch, by ref only: the healthy counter still merges, the bad ones stay refused.
+        let out = rejected(a.apply(&batch("i", 2, vec![], &[(1, 1), (2, 2)]), unix_secs()).unwrap());
+        assert_eq!(out, vec![(2, Rejection::InvalidSeries)]);
+        let total = a.views(unix_secs()).into_iter().find(|v| v.key.canonical() == "healthy_total").unwrap().total;
+        assert_eq!(total, 11);
+        assert_eq!(a.stats.rejected_flow(Rejection::InvalidSeries).values(), 5 + 6 + 2);
+        assert_eq!(a.stats.rejected_flow(Rejection::KindConflict).series_updates(), 1);
         assert_conserved(&a.stats);
     }
 

@@ -1,35 +1,16 @@
 //! Prometheus text exposition (format 0.0.4) of cumulative values.
 //!
-//! Shared by the SDK (`Shoal::render_prometheus`, the instance's own view) and
-//! the collector (cluster rollups), so both write names, labels, escapes and
-//! numbers the same way.
+//! The one writer of the text format: the SDK's local render and its
+//! self-metrics, and the collector's `/metrics` (cluster rollups and its
+//! self-metrics) all go through [`TextWriter`], so names, labels, escapes and
+//! numbers are written the same way everywhere.
 
+use crate::names::sanitize_label_name;
+use crate::sketch::Sketch;
 use std::fmt::Write;
 
 /// Quantiles rendered for every histogram (as a Prometheus summary).
 pub const SUMMARY_QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
-
-/// Rewrites a metric name into the Prometheus charset `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-pub fn sanitize_metric_name(name: &str) -> String {
-    sanitize(name, true)
-}
-
-/// Rewrites a label name into `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn sanitize_label_name(name: &str) -> String {
-    sanitize(name, false)
-}
-
-fn sanitize(name: &str, colons: bool) -> String {
-    let mut out = String::with_capacity(name.len().max(1));
-    for (i, c) in name.chars().enumerate() {
-        let ok = c.is_ascii_alphabetic() || c == '_' || (colons && c == ':') || (i > 0 && c.is_ascii_digit());
-        out.push(if ok { c } else { '_' });
-    }
-    if out.is_empty() {
-        out.push('_');
-    }
-    out
-}
 
 /// Escapes `# HELP` text (`\\` and newlines).
 pub fn escape_help(text: &str) -> String {
@@ -109,6 +90,19 @@ pub fn summary_labels(labels: &[(String, String)]) -> std::borrow::Cow<'_, [(Str
     }
 }
 
+/// Writes the sample lines of a summary from a sketch. A series label named
+/// `quantile` is renamed `exported_quantile` (Prometheus's convention), so it
+/// cannot clash with the summary's own.
+pub fn write_summary(w: &mut TextWriter, name: &str, labels: &[(String, String)], sketch: &Sketch) {
+    let labels = &*summary_labels(labels);
+    for q in SUMMARY_QUANTILES {
+        let v = sketch.quantile(q).map(format_value).unwrap_or_else(|| "NaN".into());
+        w.sample(name, labels, Some(("quantile", &q.to_string())), &v);
+    }
+    w.sample(&format!("{name}_sum"), labels, None, &format_value(sketch.sum()));
+    w.sample(&format!("{name}_count"), labels, None, &sketch.count().to_string());
+}
+
 /// Help text for a described metric: description plus unit.
 pub fn help_text(description: Option<&str>, unit: Option<&str>, fallback: &str) -> String {
     let text = description.filter(|d| !d.is_empty()).unwrap_or(fallback);
@@ -121,15 +115,6 @@ pub fn help_text(description: Option<&str>, unit: Option<&str>, fallback: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_sanitized() {
-        assert_eq!(sanitize_metric_name("http.requests-total"), "http_requests_total");
-        assert_eq!(sanitize_metric_name("9lives"), "_lives");
-        assert_eq!(sanitize_metric_name("a:b"), "a:b");
-        assert_eq!(sanitize_label_name("a:b"), "a_b");
-        assert_eq!(sanitize_label_name(""), "_");
-    }
 
     #[test]
     fn sample_lines_escape_values() {

@@ -22,21 +22,9 @@ pub const UNITS: &[&str] = &[
     "count_per_second",
 ];
 
-/// A valid Prometheus metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-pub fn is_metric_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// A valid label key: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`
-/// (reserved by Prometheus).
-pub fn is_label_key(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !s.starts_with("__")
-}
+// One implementation of the name rules, shared with the SDK and the
+// collector (compile time and run time agree by construction).
+pub use shoal_core::names::{is_label_key, is_metric_name};
 
 /// The words of an identifier written in `PascalCase` or `snake_case`.
 fn words(ident: &str) -> Vec<String> {

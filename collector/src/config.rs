@@ -1,13 +1,13 @@
 //! Collector settings: defaults, the optional TOML file, and validation.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
 /// How the gauges of several instances roll up into one cluster value.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum GaugeRule {
     /// Sum over instances (the default: queue depths, connections, memory).
@@ -34,13 +34,17 @@ impl GaugeRule {
 }
 
 /// Everything the collector can be told. Every field has a default; the TOML
-/// file and the command line override them.
-#[derive(Clone, Debug, Deserialize)]
+/// file and the command line override them. Serializes to the TOML it reads
+/// (the README's sample is checked against `Config::default()` that way).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// gRPC ingest address.
+    /// gRPC ingest address (any form [`parse_listen`] accepts).
+    #[serde(deserialize_with = "deserialize_listen")]
     pub grpc_listen: SocketAddr,
-    /// HTTP address of `/metrics`, `/healthz` and `/api/v1/...`.
+    /// HTTP address of `/metrics`, `/healthz` and `/api/v1/...` (any form
+    /// [`parse_listen`] accepts).
+    #[serde(deserialize_with = "deserialize_listen")]
     pub http_listen: SocketAddr,
     /// Width of the aligned rollup intervals, in seconds.
     pub interval_secs: u64,
@@ -77,6 +81,45 @@ pub struct Config {
     /// The retry hint of an overloaded answer (`retry-after-ms` metadata);
     /// SDKs add jitter. Reloadable.
     pub overload_retry_after_ms: u64,
+}
+
+/// A listen address as written on the command line or in the TOML file:
+///
+/// - `IP:PORT`: `127.0.0.1:9171`, `0.0.0.0:9171` (every interface),
+///   `[::1]:9171`, `[::]:9171`;
+/// - `HOST:PORT`: `localhost:9171`, resolved once, at start; the first IPv4
+///   address it resolves to, else the first IPv6 one;
+/// - `:PORT`: the port on the loopback address `127.0.0.1`. Unlike Go
+///   programs (Prometheus' `--web.listen-address=:9090`), an empty host does
+///   not mean every interface: shoal listens beyond loopback only where an
+///   address says so.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| format!("invalid listen address {text:?}: {port:?} is not a port (0-65535)"))?;
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("invalid listen address {text:?}: expected HOST:PORT, IP:PORT, [IPv6]:PORT or :PORT"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("invalid listen address {text:?}: expected HOST:PORT, IP:PORT, [IPv6]:PORT or :PORT"));
+    }
+    let addrs: Vec<SocketAddr> = text.to_socket_addrs().map_err(|e| format!("cannot resolve listen address {text:?}: {e}"))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("listen address {text:?} resolves to no address"))
+}
+
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_listen(&text).map_err(serde::de::Error::custom)
 }
 
 impl Default for Config {
@@ -229,6 +272,25 @@ mod tests {
         assert!(r.blocklist.is_empty());
         assert_eq!(r.interval_secs, c.interval_secs);
         assert_eq!(ignored, vec!["interval_secs"]);
+    }
+
+    #[test]
+    fn listen_addresses_take_hosts_ipv6_and_a_bare_port() {
+        let v4 = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+        assert_eq!(parse_listen("127.0.0.1:9171"), Ok(v4(9171)));
+        assert_eq!(parse_listen("0.0.0.0:9171"), Ok("0.0.0.0:9171".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:9171"), Ok("[::1]:9171".parse().unwrap()));
+        assert_eq!(parse_listen(":9171"), Ok(v4(9171)), "a bare port stays on loopback");
+        assert_eq!(parse_listen(":0"), Ok(v4(0)));
+        let localhost = parse_listen("localhost:9171").unwrap();
+        assert!(localhost.ip().is_loopback() && localhost.port() == 9171, "{localhost}");
+        for bad in ["", ":", "9171", "localhost", ":99999", "localhost:x", "[::1]"] {
+            assert!(parse_listen(bad).is_err(), "{bad:?} accepted");
+        }
+        let c = Config::from_toml("http_listen = \"localhost:9172\"\ngrpc_listen = \":7172\"\n").unwrap();
+        assert!(c.http_listen.ip().is_loopback() && c.http_listen.port() == 9172);
+        assert_eq!(c.grpc_listen, v4(7172));
+        assert!(Config::from_toml("http_listen = \"nope\"").unwrap_err().contains("nope"));
     }
 
     #[test]

@@ -1,81 +1,169 @@
 //! `shoal-collector`: the daemon. Flags override the optional TOML file,
 //! which overrides the defaults (all on loopback).
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use shoal_collector::config::parse_listen;
 use shoal_collector::Config;
+use std::fmt::Display;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Exit status: bad command line or configuration (clap's usage errors too).
+const EXIT_CONFIG: u8 = 2;
+/// Exit status: could not serve (bind, runtime or server failure).
+const EXIT_SERVE: u8 = 1;
+
+const AFTER_HELP: &str = "\
+Listen addresses: IP:PORT (127.0.0.1:9171, 0.0.0.0:9171 for every interface,
+[::1]:9171), HOST:PORT (localhost:9171, resolved once at start: its first
+IPv4 address, else its first IPv6 one) or :PORT (that port on 127.0.0.1; an
+empty host never means every interface).
+
+Logging: every log line goes to stderr; stdout stays empty (only --help and
+--version print there). RUST_LOG filters (default: info). --log-format text
+colours its output only when stderr is a terminal and NO_COLOR is unset;
+--log-format json writes one JSON object per line.
+
+Signals: SIGHUP reloads the config file (limits, blocklist, gauge rules, ...);
+SIGINT and SIGTERM stop after draining in-flight requests.
+
+Exit status:
+  0  stopped by SIGINT or SIGTERM
+  1  could not serve: a listen address cannot be bound, or a server failed
+  2  bad command line or configuration: nothing was started";
+
 /// Merges the deltas of shoal SDK instances into cluster rollups and serves
 /// them to Prometheus.
 #[derive(Parser, Debug)]
-#[command(name = "shoal-collector", version, about)]
+#[command(name = "shoal-collector", version, about, after_help = AFTER_HELP)]
 struct Args {
     /// TOML configuration file (every key optional; unknown keys are errors).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// gRPC ingest address [default: 127.0.0.1:7171].
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     grpc_listen: Option<SocketAddr>,
     /// HTTP address for /metrics, /healthz and /api/v1 [default: 127.0.0.1:9171].
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     http_listen: Option<SocketAddr>,
     /// Rollup interval in seconds [default: 10].
-    #[arg(long)]
+    #[arg(long, value_name = "SECS", value_parser = at_least_one)]
     interval_secs: Option<u64>,
     /// Retention of interval rollups in seconds [default: 3600].
-    #[arg(long)]
+    #[arg(long, value_name = "SECS", value_parser = at_least_one)]
     retention_secs: Option<u64>,
     /// Window of the quantiles on /metrics in seconds [default: 60].
-    #[arg(long)]
+    #[arg(long, value_name = "SECS", value_parser = at_least_one)]
+    summary_window_secs: Option<u64>,
+    /// Format of the log lines on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, fields, target).
+    Json,
+}
+
+fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The settings given on the command line. They win over the file, at start
+/// and on every SIGHUP reload.
+#[derive(Clone, Debug)]
+struct Overrides {
+    grpc_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    interval_secs: Option<u64>,
+    retention_secs: Option<u64>,
     summary_window_secs: Option<u64>,
 }
 
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(a) = self.grpc_listen {
+            config.grpc_listen = a;
+        }
+        if let Some(a) = self.http_listen {
+            config.http_listen = a;
+        }
+        if let Some(v) = self.interval_secs {
+            config.interval_secs = v;
+        }
+        if let Some(v) = self.retention_secs {
+            config.retention_secs = v;
+        }
+        if let Some(v) = self.summary_window_secs {
+            config.summary_window_secs = v;
+        }
+    }
+
+    /// `(config key, flag, value)` of each setting given on the command line.
+    fn given(&self) -> Vec<(&'static str, &'static str, String)> {
+        let mut given = Vec::new();
+        let mut add = |key, flag, value: Option<String>| {
+            if let Some(v) = value {
+                given.push((key, flag, v));
+            }
+        };
+        add("grpc_listen", "--grpc-listen", self.grpc_listen.map(|a| a.to_string()));
+        add("http_listen", "--http-listen", self.http_listen.map(|a| a.to_string()));
+        add("interval_secs", "--interval-secs", self.interval_secs.map(|v| v.to_string()));
+        add("retention_secs", "--retention-secs", self.retention_secs.map(|v| v.to_string()));
+        add("summary_window_secs", "--summary-window-secs", self.summary_window_secs.map(|v| v.to_string()));
+        given
+    }
+
+    /// A validation error, with the flags behind the settings it names.
+    fn explain(&self, error: String) -> String {
+        let flags: Vec<String> =
+            self.given().into_iter().filter(|(key, _, _)| error.contains(key)).map(|(_, flag, v)| format!("{flag} {v}")).collect();
+        if flags.is_empty() {
+            error
+        } else {
+            format!("{error} (given on the command line: {})", flags.join(", "))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let args = Args::parse();
+    init_logging(args.log_format);
+    let overrides = Overrides {
+        grpc_listen: args.grpc_listen,
+        http_listen: args.http_listen,
+        interval_secs: args.interval_secs,
+        retention_secs: args.retention_secs,
+        summary_window_secs: args.summary_window_secs,
+    };
     let mut config = match &args.config {
         Some(path) => match Config::from_toml_file(path) {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("shoal-collector: {e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return fatal(e, EXIT_CONFIG),
         },
         None => Config::default(),
     };
-    if let Some(a) = args.grpc_listen {
-        config.grpc_listen = a;
-    }
-    if let Some(a) = args.http_listen {
-        config.http_listen = a;
-    }
-    if let Some(v) = args.interval_secs {
-        config.interval_secs = v;
-    }
-    if let Some(v) = args.retention_secs {
-        config.retention_secs = v;
-    }
-    if let Some(v) = args.summary_window_secs {
-        config.summary_window_secs = v;
+    overrides.apply(&mut config);
+    if let Err(e) = config.validate() {
+        return fatal(overrides.explain(e), EXIT_CONFIG);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("shoal-collector: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fatal(format!("cannot start the runtime: {e}"), EXIT_SERVE),
     };
-    if let Err(e) = config.validate() {
-        eprintln!("shoal-collector: {e}");
-        return ExitCode::from(2);
-    }
     let shared = shoal_collector::Shared::new(config);
     let served = runtime.block_on(async {
-        tokio::spawn(reload_on_sighup(shared.clone(), args.config.clone()));
+        tokio::spawn(reload_on_sighup(shared.clone(), args.config.clone(), overrides));
         shoal_collector::serve_shared(shared, shutdown_signal()).await
     });
     match served {
@@ -83,17 +171,42 @@ fn main() -> ExitCode {
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("shoal-collector: {e}");
-            ExitCode::FAILURE
+        Err(e) => fatal(e, EXIT_SERVE),
+    }
+}
+
+/// Logs go to stderr, in `format`; text has colours only on a terminal and
+/// never with `NO_COLOR` set (<https://no-color.org>).
+fn init_logging(format: LogFormat) {
+    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).with_ansi(colour).init();
+        }
+        LogFormat::Json => {
+            tracing_subscriber::fmt().json().with_env_filter(filter()).with_writer(std::io::stderr).with_ansi(false).init();
         }
     }
 }
 
+/// Reports why the collector cannot run and returns `code`. The message is
+/// logged (in the chosen format) unless RUST_LOG hides errors, in which case
+/// it is still written to stderr: a fatal error is never silent.
+fn fatal(message: impl Display, code: u8) -> ExitCode {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("shoal-collector: {message}");
+    }
+    ExitCode::from(code)
+}
+
 /// Re-reads the config file on every SIGHUP and applies what can change
-/// while running (blocklist, series limits, ...). Without a file, SIGHUP
-/// only logs.
-async fn reload_on_sighup(shared: shoal_collector::Shared, path: Option<PathBuf>) {
+/// while running (blocklist, series limits, ...). The command line still wins
+/// over the file, so a setting given there is never reported as changed.
+/// Without a file, SIGHUP only logs.
+async fn reload_on_sighup(shared: shoal_collector::Shared, path: Option<PathBuf>, overrides: Overrides) {
     #[cfg(unix)]
     {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -104,19 +217,27 @@ async fn reload_on_sighup(shared: shoal_collector::Shared, path: Option<PathBuf>
             }
         };
         while hup.recv().await.is_some() {
-            match &path {
-                Some(path) => {
-                    tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
-                    // Errors are logged and counted by reload_from_file.
-                    let _ = shared.reload_from_file(path);
+            let Some(path) = &path else {
+                tracing::info!("SIGHUP: no config file to reload");
+                continue;
+            };
+            tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+            match Config::from_toml_file(path) {
+                Ok(mut config) => {
+                    overrides.apply(&mut config);
+                    // Logged and counted by reload.
+                    let _ = shared.reload(&config);
                 }
-                None => tracing::info!("SIGHUP: no config file to reload"),
+                Err(e) => {
+                    shared.stats.config_reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!("config reload refused, keeping the old settings: {e}");
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (shared, path);
+        let _ = (shared, path, overrides);
     }
 }
 

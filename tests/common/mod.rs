@@ -80,14 +80,14 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 
 /// Path of an executable on `PATH`. Panics with an actionable message when it
 /// is missing: these tests exist to run the real binaries, so they fail rather
-/// than skip (`.ci/run` installs Debian's `prometheus` package, which brings
+/// than skip (`scripts/test` installs Debian's `prometheus` package, which brings
 /// both `prometheus` and `promtool`).
 pub fn require_tool(name: &str) -> std::path::PathBuf {
     let found = std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|dir| dir.join(name)).find(|p| p.is_file());
     found.unwrap_or_else(|| {
         panic!(
             "`{name}` not found on PATH. This test runs the real Prometheus tools and does not skip: \
-             install Debian's `prometheus` package (`apt-get install prometheus`, as .ci/run does)."
+             install Debian's `prometheus` package (run scripts/test, which installs it)."
         )
     })
 }

@@ -16,7 +16,7 @@ use shoal_proto::convert::{labels_from_proto, sketch_from_proto, DecodeError};
 use shoal_proto::limits::{
     check_series, truncate, MAX_BATCH_BUCKETS, MAX_BATCH_KEY_BYTES, MAX_BATCH_SERIES, MAX_INSTANCE_ID, MAX_INSTANCE_LABEL_BYTES,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// A series definition, checked on its own.
 #[derive(Debug)]
@@ -193,11 +193,6 @@ pub fn request_values(req: &pb::FlushRequest) -> u64 {
     req.histograms.iter().filter_map(|h| h.sketch.as_ref()).fold(counters, |a, s| a.wrapping_add(sketch_values(s)))
 }
 
-/// Definitions by ref, for lookups while merging.
-pub fn definitions_by_ref(definitions: Vec<Definition>) -> HashMap<u32, Result<(String, Vec<(String, String)>), Refused>> {
-    definitions.into_iter().map(|d| (d.r#ref, d.series)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,7 +260,7 @@ mod tests {
         req.definitions.push(req.definitions[0].clone());
         assert!(batch(&req).unwrap_err().message.contains("defined twice"));
         let mut req = ok();
-        req.counters.push(req.counters[0].clone());
+        req.counters.push(req.counters[0]);
         assert!(batch(&req).unwrap_err().message.contains("twice in one batch"));
     }
 }

@@ -22,6 +22,7 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod durable;
 mod http;
 pub mod ingest;
 pub mod rejection;

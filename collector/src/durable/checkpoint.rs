@@ -30,8 +30,11 @@ pub fn parse_checkpoint_name(name: &str) -> Option<(u64, bool)> {
     Some((digits.parse().ok()?, tmp))
 }
 
+/// Checkpoint files by LSN.
+pub type Checkpoints = Vec<(u64, PathBuf)>;
+
 /// The checkpoints in `dir` by LSN, and the leftover temporary files.
-pub fn list_checkpoints(dir: &Path) -> io::Result<(Vec<(u64, PathBuf)>, Vec<PathBuf>)> {
+pub fn list_checkpoints(dir: &Path) -> io::Result<(Checkpoints, Vec<PathBuf>)> {
     let (mut done, mut tmp) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

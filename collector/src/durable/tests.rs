@@ -56,7 +56,9 @@ fn copy_dir(src: &Path, dst: &Path) {
 }
 
 /// Each segment of the log with its frames' [start, end) offsets.
-fn layout(dir: &Path) -> Vec<(PathBuf, Vec<(u64, u64)>)> {
+type Layout = Vec<(PathBuf, Vec<(u64, u64)>)>;
+
+fn layout(dir: &Path) -> Layout {
     let mut out = Vec::new();
     for (_, path) in list_segments(&dir.join(WAL_DIR)).unwrap() {
         let first = read_segment_header(&path).unwrap().unwrap();
@@ -220,7 +222,7 @@ fn interrupted_truncation_is_finished_at_open() {
 
 /// A reference log of ~50 records over several segments; returns the
 /// payloads and the frame layout.
-fn reference_log(dir: &Path) -> (Vec<Vec<u8>>, Vec<(PathBuf, Vec<(u64, u64)>)>) {
+fn reference_log(dir: &Path) -> (Vec<Vec<u8>>, Layout) {
     let (wal, _) = Wal::open(dir, small(400)).unwrap();
     let want: Vec<_> = (0..50).map(payload).collect();
     for p in &want {
@@ -251,7 +253,7 @@ fn check_damaged(dir: &Path, want: &[Vec<u8>], keep: usize, lossy: bool, what: &
 
 /// How many records survive when segment `s` is damaged at `offset`: all
 /// before the frame holding it (all before the segment for its header).
-fn survivors(layout: &[(PathBuf, Vec<(u64, u64)>)], s: usize, offset: u64) -> usize {
+fn survivors(layout: &Layout, s: usize, offset: u64) -> usize {
     let before: usize = layout[..s].iter().map(|(_, f)| f.len()).sum();
     before + layout[s].1.iter().filter(|(_, end)| *end <= offset).count()
 }
@@ -518,7 +520,7 @@ async fn concurrent_appends_through_intermittent_faults_keep_exactly_the_acknowl
 }
 
 /// The group-commit figures on this disk: 64 concurrent appenders of 1 KiB.
-/// `cargo test -p shoal-collector --release --lib durable::tests::group_commit_throughput -- --ignored --nocapture`
+/// `cargo test -p shoal-collector --lib durable::tests::group_commit_throughput -- --ignored --nocapture`
 /// (`SHOAL_WAL_BENCH_DIR` picks the disk; default: the system temp dir).
 #[test]
 #[ignore = "measurement"]

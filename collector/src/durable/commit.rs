@@ -108,7 +108,8 @@ pub struct Committer {
 
 impl Committer {
     /// A committer that will continue at `next_lsn`, in segments numbered
-    /// from `next_number`. Call [`Committer::rotate`] before [`Committer::run`].
+    /// from `next_number`. Call [`Committer::rotate`] before [`Committer::run`]
+    /// (if it fails, the first append tries again).
     pub fn new(
         shared: std::sync::Arc<Shared>,
         io: Io,
@@ -124,6 +125,20 @@ impl Committer {
 
     /// Serves the queue until it is closed and drained.
     pub fn run(mut self) {
+        // However this thread ends, later appends must fail, not wait forever.
+        struct CloseOnExit<'a>(&'a Shared);
+        impl Drop for CloseOnExit<'_> {
+            fn drop(&mut self) {
+                let mut q = lock(&self.0.queue);
+                q.closed = true;
+                q.bytes = 0;
+                for p in q.items.drain(..) {
+                    let _ = p.done.send(Err(WalError::Closed));
+                }
+            }
+        }
+        let shared = self.shared.clone();
+        let _close = CloseOnExit(&shared);
         loop {
             let batch = {
                 let mut q = lock(&self.shared.queue);

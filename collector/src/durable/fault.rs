@@ -57,15 +57,16 @@ impl fmt::Display for IoOp {
 pub struct Fault {
     /// The error the operation returns.
     pub error: io::Error,
-    /// For [`IoOp::Write`]: how many bytes are written before the error (a
-    /// short write, as a full disk produces). Ignored for other operations.
-    pub written: usize,
+    /// For [`IoOp::Write`]: the first half of the bytes is written before
+    /// the error (a short write, as a full disk produces). Ignored for other
+    /// operations.
+    pub short_write: bool,
 }
 
 /// Decides, before each file operation, whether it fails.
 pub trait FaultInjector: Send + Sync + 'static {
     /// `Some(fault)`: the operation on `path` is not performed (or, for a
-    /// write, only `fault.written` bytes are) and returns `fault.error`.
+    /// short write, only half of it) and returns `fault.error`.
     fn before(&self, op: IoOp, path: &Path) -> Option<Fault>;
 }
 
@@ -146,7 +147,7 @@ impl FaultInjector for FaultPlan {
             }
         }
         let error = io::Error::from_raw_os_error(errno?);
-        Some(Fault { error, written: if self.short_writes.load(Relaxed) { usize::MAX } else { 0 } })
+        Some(Fault { error, short_write: self.short_writes.load(Relaxed) })
     }
 }
 
@@ -189,7 +190,7 @@ impl Io {
     pub fn write_at(&self, mut file: &File, path: &Path, offset: u64, buf: &[u8]) -> io::Result<()> {
         let (buf, fault) = match self.check(IoOp::Write, path) {
             Ok(()) => (buf, None),
-            Err(f) => (&buf[..f.written.min(buf.len() / 2)], Some(f.error)),
+            Err(f) => (if f.short_write { &buf[..buf.len() / 2] } else { &[][..] }, Some(f.error)),
         };
         file.seek(SeekFrom::Start(offset))?;
         file.write_all(buf)?;

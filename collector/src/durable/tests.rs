@@ -560,3 +560,21 @@ fn group_commit_throughput() {
         s.bytes as f64 / elapsed / (1 << 20) as f64
     );
 }
+
+#[test]
+fn a_full_disk_at_open_still_recovers_and_appends_resume_later() {
+    let dir = scratch();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.append_blocking(b"one".to_vec()).unwrap();
+    drop(wal);
+    let plan = FaultPlan::new();
+    plan.fail_always(IoOp::Create, ENOSPC);
+    let (wal, rec) = Wal::open(dir.path(), with_faults(1 << 20, &plan)).unwrap();
+    assert_eq!(payloads(&rec), vec![b"one".to_vec()]);
+    assert!(wal.append_blocking(b"refused".to_vec()).unwrap_err().is_retryable());
+    plan.heal();
+    assert_eq!(wal.append_blocking(b"two".to_vec()).unwrap(), Lsn(2));
+    drop(wal);
+    let (_wal, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(payloads(&rec), vec![b"one".to_vec(), b"two".to_vec()]);
+}

@@ -150,7 +150,9 @@ impl Wal {
     ///
     /// Errors: [`WalError::CorruptCheckpoint`] naming the file if the newest
     /// checkpoint does not verify; [`WalError::Io`] if the directory cannot
-    /// be read or repaired. One process at a time per directory.
+    /// be read or repaired. If only the new segment cannot be created (disk
+    /// full), the open succeeds and appends fail until it can. One process
+    /// at a time per directory.
     pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -167,7 +169,11 @@ impl Wal {
             options.segment_bytes,
             options.max_group_bytes,
         );
-        committer.rotate()?;
+        if let Err(e) = committer.rotate() {
+            // A full disk must not stop the start (the caller still serves
+            // what it recovered): appends fail until a segment can be made.
+            tracing::warn!("WAL: cannot start a new segment, appends fail until it can: {e}");
+        }
         let thread = std::thread::Builder::new()
             .name("shoal-wal-commit".into())
             .spawn(move || committer.run())

@@ -137,8 +137,15 @@ fn read_err(path: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
 /// Recovers the log in `dir` (creating the directories if needed).
 pub fn recover(dir: &Path, io: &Io) -> Result<Outcome, WalError> {
     let wal_dir = dir.join(WAL_DIR);
+    let fresh = !wal_dir.is_dir();
     std::fs::create_dir_all(&wal_dir).map_err(|e| WalError::io(IoOp::Create, &wal_dir, e))?;
-    io.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+    if fresh {
+        // Make the new directories' entries durable (the parent's only where it can be opened).
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = io.sync_dir(parent);
+        }
+        io.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+    }
     let mut recovered = Recovered::default();
 
     let (checkpoints, tmps) = list_checkpoints(dir).map_err(read_err(dir))?;

@@ -129,8 +129,8 @@ impl Drop for Inner {
 }
 
 /// A durable write-ahead log in a directory. Cheap to clone (one committer
-/// behind all clones); the committer finishes the queued appends and stops
-/// when the last clone is dropped.
+/// thread behind all clones). Dropping the last clone waits until the
+/// committer has finished the queued appends (a short block).
 #[derive(Clone)]
 pub struct Wal {
     inner: Arc<Inner>,

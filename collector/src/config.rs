@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How the gauges of several instances roll up into one cluster value.
@@ -77,6 +77,12 @@ pub struct Config {
     /// The retry hint of an overloaded answer (`retry-after-ms` metadata);
     /// SDKs add jitter. Reloadable.
     pub overload_retry_after_ms: u64,
+    /// Directory of the write-ahead log and checkpoints: acknowledged
+    /// batches survive a crash. `None`: in memory only. Needs a restart.
+    pub data_dir: Option<PathBuf>,
+    /// A rollup series with no update for this long leaves memory,
+    /// `/metrics` and the API, in seconds; 0 = never. Needs a restart.
+    pub series_expiry_secs: u64,
 }
 
 impl Default for Config {
@@ -98,6 +104,8 @@ impl Default for Config {
             blocklist: Vec::new(),
             ingest_queue: 1024,
             overload_retry_after_ms: 1000,
+            data_dir: None,
+            series_expiry_secs: 900,
         }
     }
 }

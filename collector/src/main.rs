@@ -30,6 +30,10 @@ struct Args {
     /// Window of the quantiles on /metrics in seconds [default: 60].
     #[arg(long)]
     summary_window_secs: Option<u64>,
+    /// Directory of the write-ahead log and checkpoints (durable collector)
+    /// [default: none, in memory only].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,9 @@ fn main() -> ExitCode {
     if let Some(v) = args.summary_window_secs {
         config.summary_window_secs = v;
     }
+    if let Some(v) = args.data_dir {
+        config.data_dir = Some(v);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -73,7 +80,13 @@ fn main() -> ExitCode {
         eprintln!("shoal-collector: {e}");
         return ExitCode::from(2);
     }
-    let shared = shoal_collector::Shared::new(config);
+    let shared = match shoal_collector::Shared::open(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shoal-collector: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let served = runtime.block_on(async {
         tokio::spawn(reload_on_sighup(shared.clone(), args.config.clone()));
         shoal_collector::serve_shared(shared, shutdown_signal()).await

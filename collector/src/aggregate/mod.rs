@@ -26,6 +26,7 @@
 pub mod admission;
 pub mod instances;
 pub mod rollup;
+pub mod snapshot;
 
 pub use self::admission::Limits;
 pub use self::rollup::{merge_bounded, Point, MAX_ROLLUP_SPAN};
@@ -281,15 +282,15 @@ impl Aggregator {
             merged_updates += 1;
             match value {
                 Value::Counter(delta) => {
-                    series_entry(&mut self.series, key, Kind::Counter).add_counter(interval, delta);
+                    series_entry(&mut self.series, key, Kind::Counter, now).add_counter(interval, delta);
                     merged_values = merged_values.wrapping_add(delta);
                 }
                 Value::Histogram(sketch) => {
                     merged_values = merged_values.wrapping_add(sketch.count());
-                    series_entry(&mut self.series, key, Kind::Histogram).add_histogram(interval, sketch);
+                    series_entry(&mut self.series, key, Kind::Histogram, now).add_histogram(interval, sketch);
                 }
                 Value::Gauge(v) => {
-                    series_entry(&mut self.series, key.clone(), Kind::Gauge);
+                    series_entry(&mut self.series, key.clone(), Kind::Gauge, now);
                     instance.gauges.insert(key, v);
                 }
             }
@@ -305,7 +306,11 @@ impl Aggregator {
         Ok(Outcome::Merged(rejected.list))
     }
 
-    /// Drops points older than the retention and instances silent past expiry.
+    /// Drops points older than the retention, instances silent past
+    /// expiry, and series not updated for `series_expiry_secs` (refs to an
+    /// expired series stay valid: the next update creates it again). A
+    /// function of the state and `now` only, so that a replay of the WAL,
+    /// which calls it with the logged `now`, does what it did live.
     pub fn maintain(&mut self, now: u64) {
         let oldest_interval = now.saturating_sub(self.config.retention_secs) / self.config.interval_secs;
         for s in self.series.values_mut() {
@@ -313,6 +318,53 @@ impl Aggregator {
         }
         let expiry = self.config.instance_expiry_secs;
         self.instances.retain(|_, i| now.saturating_sub(i.last_seen_secs) < expiry);
+        let series_expiry = self.config.series_expiry_secs;
+        if series_expiry > 0 {
+            let before = self.series.len();
+            let (per_name, kinds) = (&mut self.series_per_name, &mut self.kinds_by_name);
+            self.series.retain(|_, s| {
+                if now.saturating_sub(s.last_update) < series_expiry {
+                    return true;
+                }
+                let name = s.key.name();
+                if let Some(n) = per_name.get_mut(name) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_name.remove(name);
+                        kinds.remove(name);
+                    }
+                }
+                false
+            });
+            let expired = before - self.series.len();
+            if expired > 0 {
+                self.stats.series_expired.fetch_add(expired as u64, Relaxed);
+                // A gauge value of an expired series must not come back if
+                // the series is created again.
+                let series = &self.series;
+                for i in self.instances.values_mut() {
+                    i.gauges.retain(|k, _| series.contains_key(k));
+                }
+            }
+        }
+    }
+
+    /// Durable mode: the WAL ticket of the instance's last merged batch (0:
+    /// unknown or restored, hence durable).
+    pub fn instance_ticket(&self, instance_id: &str) -> u64 {
+        self.instances.get(instance_id).map_or(0, |i| i.ticket)
+    }
+
+    /// Durable mode: records the ticket of the batch just merged.
+    pub fn set_instance_ticket(&mut self, instance_id: &str, ticket: u64) {
+        if let Some(i) = self.instances.get_mut(instance_id) {
+            i.ticket = ticket;
+        }
+    }
+
+    /// Counts into `stats` from now on (a replay counts into scratch stats).
+    pub fn set_stats(&mut self, stats: Arc<Stats>) {
+        self.stats = stats;
     }
 
     /// Every rollup series as of `now`, sorted by canonical key.

@@ -237,6 +237,11 @@ fn with_churn_the_series_count_plateaus_at_the_expiry_window() {
     let mut agg = shoal_collector::Aggregator::new(cfg.clone(), stats.clone());
     let t0 = 1_000_000u64;
     let mut peak = 0;
+    let rss_kib = || -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4
+    };
+    let mut rss_at = Vec::new();
     // 10,000 short-lived instances, each with its own series, one per second.
     for i in 0..10_000u64 {
         let now = t0 + i;
@@ -256,7 +261,13 @@ fn with_churn_the_series_count_plateaus_at_the_expiry_window() {
             agg.maintain(now);
         }
         peak = peak.max(agg.series_count());
+        if (i + 1) % 2_500 == 0 {
+            rss_at.push((i + 1, agg.series_count(), agg.instance_count(), rss_kib()));
+        }
     }
+    eprintln!("churn (instances seen, series, instances held, RSS KiB): {rss_at:?}");
+    let (mid, last) = (rss_at[1].3, rss_at[3].3);
+    assert!(last <= mid + 4096, "RSS plateaus once instances expire too: {mid} -> {last} KiB");
     assert!(peak <= 41, "series plateau at the expiry window: {peak}");
     assert!(stats.series_expired.load(std::sync::atomic::Ordering::Relaxed) >= 9_950);
 }

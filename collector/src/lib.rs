@@ -25,6 +25,7 @@ pub mod config;
 mod http;
 pub mod ingest;
 pub mod rejection;
+pub mod remote_write;
 pub mod stats;
 pub mod validate;
 

@@ -496,7 +496,12 @@ async fn run(shared: Arc<Shared>, client: HttpClient) {
         };
         if !matches!(&encoded, Some((seq, _)) if *seq == job.seq) {
             let target = &shared.target;
-            match encode_interval(&job.interval, target.histograms, target.max_samples_per_request) {
+            // Off the runtime's threads: a large interval takes a while.
+            let (interval, mode, max) = (job.interval.clone(), target.histograms, target.max_samples_per_request);
+            let result = tokio::task::spawn_blocking(move || encode_interval(&interval, mode, max).map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(format!("encoder panicked: {e}")));
+            match result {
                 Ok((requests, _)) => encoded = Some((job.seq, requests)),
                 Err(e) => {
                     tracing::error!(url = %target.url, error = %e, "remote-write: interval cannot be encoded, dropped");

@@ -95,14 +95,13 @@ fn gaps_start_new_spans_and_counts_are_delta_encoded() {
     let mut count = 0i64;
     let mut decoded = Vec::new();
     let mut d = deltas.iter();
-    for (n, span) in spans.iter().enumerate() {
+    for span in &spans {
         index += span.offset;
         for k in 0..span.length as i32 {
             count += d.next().unwrap();
             decoded.push((index + k, count as u64));
         }
         index += span.length as i32;
-        let _ = n;
     }
     assert_eq!(decoded, vec![(-2, 7), (1, 1), (2, 2), (3, 3), (6, 4)]);
     // Huge counts survive the i64 deltas.

@@ -30,6 +30,10 @@ struct Args {
     /// Window of the quantiles on /metrics in seconds [default: 60].
     #[arg(long)]
     summary_window_secs: Option<u64>,
+    /// Remote-write endpoint to push every closed interval to (repeatable;
+    /// added to the `[[remote_write]]` tables, with their defaults).
+    #[arg(long = "remote-write", value_name = "URL")]
+    remote_write: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
     if let Some(v) = args.summary_window_secs {
         config.summary_window_secs = v;
     }
+    config.remote_write.extend(args.remote_write.iter().map(shoal_collector::config::RemoteWriteConfig::new));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -6,10 +6,10 @@
 //! The real servers are required: a missing binary fails the test.
 
 use rand::{Rng, SeedableRng};
-use shoal::Sketch;
 use shoal_collector::remote_write::{
     decode_request, DropReason, ExportHistogram, ExportSeries, ExportValue, HistogramMode, Interval, RemoteWriteTarget, RemoteWriter,
 };
+use shoal_core::Sketch;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

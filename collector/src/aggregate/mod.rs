@@ -24,6 +24,7 @@
 //! refs, bounded by [`admission::Limits::refused_refs`].
 
 pub mod admission;
+pub mod export;
 pub mod instances;
 pub mod rollup;
 
@@ -104,6 +105,9 @@ pub struct SeriesView {
     pub gauge: Option<f64>,
     /// Histogram: merged sketch over the summary window.
     pub window: Option<Sketch>,
+    /// Histogram: every sample since the series began, merged (filled by
+    /// [`Aggregator::export`] only).
+    pub cumulative: Option<Sketch>,
 }
 
 /// Per-reason tallies of the series rejected in one batch.
@@ -317,6 +321,18 @@ impl Aggregator {
 
     /// Every rollup series as of `now`, sorted by canonical key.
     pub fn views(&self, now: u64) -> Vec<SeriesView> {
+        self.views_with(now, false)
+    }
+
+    /// What a closed interval pushes to remote-write targets, as of `now`:
+    /// the views with their cumulative sketches and the settings needed to
+    /// turn them into an [`crate::remote_write::Interval`] off the lock
+    /// ([`export::Export::into_interval`]).
+    pub fn export(&self, now: u64) -> export::Export {
+        export::Export { views: self.views_with(now, true), quantiles: self.config.quantiles.clone() }
+    }
+
+    fn views_with(&self, now: u64, cumulative: bool) -> Vec<SeriesView> {
         let window_start = now.saturating_sub(self.config.summary_window_secs) / self.config.interval_secs;
         let stale_after = self.config.gauge_stale_intervals * self.config.interval_secs;
         let mut gauge_values: HashMap<&Arc<SeriesKey>, Vec<f64>> = HashMap::new();
@@ -348,7 +364,8 @@ impl Aggregator {
                     }
                     merged.unwrap_or_default()
                 });
-                Some(SeriesView { key: s.key.clone(), kind: s.kind, total: s.total, sum: s.sum, gauge, window })
+                let cumulative = if cumulative { s.cumulative.clone() } else { None };
+                Some(SeriesView { key: s.key.clone(), kind: s.kind, total: s.total, sum: s.sum, gauge, window, cumulative })
             })
             .collect();
         views.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
@@ -538,6 +555,34 @@ mod tests {
         assert!(matches!(a.apply(&batch("i", 2, vec![], &[(7, 3)]), unix_secs()).unwrap(), Outcome::UnknownRefs(_)));
         assert_eq!((a.stats.merged.values(), a.stats.duplicate.values(), a.stats.unknown_refs.values()), (10, 10, 3));
         assert_conserved(&a.stats);
+    }
+
+    #[test]
+    fn an_export_carries_cumulative_totals_and_native_buckets() {
+        use crate::remote_write::ExportValue;
+        let mut a = agg(|c| c.quantiles = vec![0.5]);
+        let now = unix_secs();
+        let sketch = |values: &[f64]| {
+            let mut s = Sketch::default();
+            values.iter().for_each(|v| s.record(*v).unwrap());
+            pb::HistogramDelta { r#ref: 2, sketch: Some(shoal_proto::convert::sketch_to_proto(&s)) }
+        };
+        let mut b = batch("i", 1, vec![def(1, "req", &[("quantile", "x")]), def(2, "lat", &[])], &[(1, 5)]);
+        b.histograms = vec![sketch(&[1.0, 2.0])];
+        a.apply(&b, now - 20).unwrap();
+        let mut b = batch("i", 2, vec![], &[(1, 7)]);
+        b.histograms = vec![sketch(&[3.0])];
+        a.apply(&b, now).unwrap();
+        let interval = a.export(now).into_interval(1234);
+        assert_eq!(interval.end_ms, 1234);
+        let req = interval.series.iter().find(|s| s.name == "req").unwrap();
+        assert_eq!(req.value, ExportValue::Counter(12));
+        assert_eq!(req.labels, vec![("quantile".to_string(), "x".to_string())], "only summaries rename `quantile`");
+        let ExportValue::Histogram(h) = &interval.series.iter().find(|s| s.name == "lat").unwrap().value else { panic!() };
+        assert_eq!((h.count, h.sum), (3, 6.0));
+        let native = h.native.as_ref().unwrap();
+        assert_eq!(native.positive.iter().map(|(_, n)| n).sum::<u64>(), 3, "cumulative buckets, every interval");
+        assert_eq!(h.quantiles.len(), 1);
     }
 
     #[test]

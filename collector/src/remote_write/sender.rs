@@ -201,7 +201,7 @@ pub struct TargetStatsSnapshot {
 }
 
 impl TargetStats {
-    fn drop(&self, reason: DropReason, batches: u64, samples: u64) {
+    fn count_drop(&self, reason: DropReason, batches: u64, samples: u64) {
         let mut dropped = self.dropped.lock();
         let d = dropped.entry(reason).or_default();
         d.batches += batches;
@@ -301,7 +301,7 @@ struct Shared {
     headers: Vec<(HeaderName, HeaderValue)>,
     queue: Mutex<Queue>,
     wake: Notify,
-    stats: TargetStats,
+    stats: Arc<TargetStats>,
 }
 
 impl Shared {
@@ -359,8 +359,7 @@ impl RemoteWriter {
         }
         let next_seq = storage.iter().last().map_or(0, |q| q.seq + 1);
         let queue = Queue { storage, next_seq, in_flight: None };
-        let shared =
-            Arc::new(Shared { target, uri, headers, queue: Mutex::new(queue), wake: Notify::new(), stats: TargetStats::default() });
+        let shared = Arc::new(Shared { target, uri, headers, queue: Mutex::new(queue), wake: Notify::new(), stats: Arc::default() });
         shared.set_queue_len(&shared.queue.lock());
         let client = Client::builder(TokioExecutor::new()).build_http();
         let task = runtime.spawn(run(shared.clone(), client));
@@ -385,7 +384,7 @@ impl RemoteWriter {
             let Some(victim) = q.storage.iter().map(|i| i.seq).find(|&s| Some(s) != in_flight) else { break };
             if let Some(v) = q.storage.remove(victim) {
                 let samples = sample_count(&v.interval, self.shared.target.histograms);
-                self.shared.stats.drop(DropReason::QueueFull, 1, samples);
+                self.shared.stats.count_drop(DropReason::QueueFull, 1, samples);
                 tracing::warn!(url = %self.shared.target.url, end_ms = v.interval.end_ms, "remote-write queue full: oldest interval dropped");
             }
         }
@@ -395,6 +394,12 @@ impl RemoteWriter {
         self.shared.set_queue_len(&q);
         drop(q);
         self.shared.wake.notify_one();
+    }
+
+    /// The target's live counters (they outlive the writer), for a
+    /// self-metrics writer that reads them at each scrape.
+    pub fn stats_handle(&self) -> Arc<TargetStats> {
+        self.shared.stats.clone()
     }
 
     /// The target's self-metrics.
@@ -507,7 +512,7 @@ async fn run(shared: Arc<Shared>, client: HttpClient) {
                     tracing::error!(url = %target.url, error = %e, "remote-write: interval cannot be encoded, dropped");
                     let mut q = shared.queue.lock();
                     if q.storage.remove(job.seq).is_some() {
-                        shared.stats.drop(DropReason::Encode, 1, sample_count(&job.interval, target.histograms));
+                        shared.stats.count_drop(DropReason::Encode, 1, sample_count(&job.interval, target.histograms));
                     }
                     shared.set_queue_len(&q);
                     continue;
@@ -546,7 +551,7 @@ async fn run(shared: Arc<Shared>, client: HttpClient) {
             }
             Outcome::Refused { status, body } => {
                 shared.stats.requests_failed.fetch_add(1, Relaxed);
-                shared.stats.drop(DropReason::Status(status.as_u16()), 1, request.samples + request.histograms);
+                shared.stats.count_drop(DropReason::Status(status.as_u16()), 1, request.samples + request.histograms);
                 tracing::warn!(url = %shared.target.url, %status, body = %body, "remote-write request refused, dropped (not retried)");
                 part_finished = true;
             }

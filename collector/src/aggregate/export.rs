@@ -4,7 +4,9 @@
 
 use super::{Kind, SeriesView};
 use crate::remote_write::{ExportHistogram, ExportSeries, ExportValue, Interval, NativeBuckets};
+use crate::validate::Description;
 use shoal_core::exposition::summary_labels;
+use std::collections::HashMap;
 
 /// The rollups at the close of an interval.
 #[derive(Clone, Debug)]
@@ -13,6 +15,8 @@ pub struct Export {
     pub views: Vec<SeriesView>,
     /// The quantiles of the summaries (as `/metrics` shows them).
     pub quantiles: Vec<f64>,
+    /// HELP and unit of the metric names that have one.
+    pub descriptions: HashMap<String, Description>,
 }
 
 impl Export {
@@ -22,7 +26,7 @@ impl Export {
     /// window, cumulative `_sum` / `_count` and the cumulative native buckets.
     /// Names and labels as exposed on `/metrics`.
     pub fn into_interval(self, end_ms: i64) -> Interval {
-        let quantiles = self.quantiles;
+        let (quantiles, descriptions) = (self.quantiles, self.descriptions);
         let series = self
             .views
             .into_iter()
@@ -43,7 +47,10 @@ impl Export {
                     Kind::Histogram => summary_labels(exposed.labels()).into_owned(),
                     _ => exposed.labels().to_vec(),
                 };
-                Some(ExportSeries { name: exposed.name().to_string(), labels, help: None, unit: None, value })
+                let d = descriptions.get(v.key.name());
+                let help = d.map(|d| d.help.clone()).filter(|h| !h.is_empty());
+                let unit = d.and_then(|d| d.unit.clone());
+                Some(ExportSeries { name: exposed.name().to_string(), labels, help, unit, value })
             })
             .collect();
         Interval { end_ms, series }

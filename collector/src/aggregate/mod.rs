@@ -38,7 +38,7 @@ use self::rollup::{series_entry, Series};
 use crate::config::Config;
 use crate::rejection::{Refused, Rejection};
 use crate::stats::Stats;
-use crate::validate::{self, ValidBatch, Value};
+use crate::validate::{self, Description, ValidBatch, Value};
 use shoal_core::{Blocklist, SeriesKey, Sketch};
 use shoal_proto as pb;
 use std::collections::{BTreeMap, HashMap};
@@ -78,6 +78,9 @@ pub struct Aggregator {
     series: HashMap<Arc<SeriesKey>, Series>,
     kinds_by_name: HashMap<String, Kind>,
     series_per_name: HashMap<String, usize>,
+    /// HELP and unit per metric name, only for names with rollup series
+    /// (bounded like them), the latest one sent.
+    descriptions: HashMap<String, Description>,
     blocklist: Blocklist,
     stats: Arc<Stats>,
 }
@@ -140,6 +143,7 @@ impl Aggregator {
             instances: HashMap::new(),
             series: HashMap::new(),
             kinds_by_name: HashMap::new(),
+            descriptions: HashMap::new(),
             stats,
         }
     }
@@ -169,6 +173,11 @@ impl Aggregator {
         self.blocklist = config.compiled_blocklist()?;
         self.config = config;
         Ok(ignored)
+    }
+
+    /// HELP text and unit of a metric name, when its SDKs described it.
+    pub fn description(&self, name: &str) -> Option<&Description> {
+        self.descriptions.get(name)
     }
 
     /// Number of rollup series.
@@ -280,6 +289,11 @@ impl Aggregator {
         for (name, n) in admission.new_per_name {
             *self.series_per_name.entry(name).or_insert(0) += n;
         }
+        for (name, d) in batch.descriptions {
+            if self.kinds_by_name.contains_key(&name) {
+                self.descriptions.insert(name, d);
+            }
+        }
         let (mut merged_updates, mut merged_values) = (0u64, 0u64);
         for (key, value) in accepted {
             merged_updates += 1;
@@ -329,7 +343,14 @@ impl Aggregator {
     /// turn them into an [`crate::remote_write::Interval`] off the lock
     /// ([`export::Export::into_interval`]).
     pub fn export(&self, now: u64) -> export::Export {
-        export::Export { views: self.views_with(now, true), quantiles: self.config.quantiles.clone() }
+        let views = self.views_with(now, true);
+        let mut descriptions = HashMap::new();
+        for v in &views {
+            if let Some(d) = self.descriptions.get(v.key.name()) {
+                descriptions.entry(v.key.name().to_string()).or_insert_with(|| d.clone());
+            }
+        }
+        export::Export { views, quantiles: self.config.quantiles.clone(), descriptions }
     }
 
     fn views_with(&self, now: u64, cumulative: bool) -> Vec<SeriesView> {
@@ -411,6 +432,7 @@ mod tests {
             r#ref: r,
             name: name.into(),
             labels: labels.iter().map(|(k, v)| pb::Label { key: k.to_string(), value: v.to_string() }).collect(),
+            ..Default::default()
         }
     }
 
@@ -555,6 +577,28 @@ mod tests {
         assert!(matches!(a.apply(&batch("i", 2, vec![], &[(7, 3)]), unix_secs()).unwrap(), Outcome::UnknownRefs(_)));
         assert_eq!((a.stats.merged.values(), a.stats.duplicate.values(), a.stats.unknown_refs.values()), (10, 10, 3));
         assert_conserved(&a.stats);
+    }
+
+    #[test]
+    fn descriptions_are_kept_per_admitted_name_truncated_and_exposed() {
+        let mut a = agg(|c| c.blocklist = vec!["blocked".into()]);
+        let described = |r, name: &str, help: &str, unit: &str| pb::SeriesDefinition {
+            help: help.into(),
+            unit: unit.into(),
+            ..def(r, name, &[])
+        };
+        let long = "h".repeat(shoal_proto::limits::MAX_HELP + 10);
+        let defs = vec![described(1, "req_total", "Requests\nserved", "requests"), described(2, "blocked", "x", ""), described(3, "lat", &long, "")];
+        a.apply(&batch("i", 1, defs, &[(1, 1), (2, 1), (3, 1)]), unix_secs()).unwrap();
+        let d = a.description("req_total").unwrap();
+        assert_eq!((d.help.as_str(), d.unit.as_deref()), ("Requests\nserved", Some("requests")));
+        assert!(a.description("blocked").is_none(), "only names with rollup series");
+        assert_eq!(a.description("lat").unwrap().help.len(), shoal_proto::limits::MAX_HELP, "truncated, not refused");
+        let text = crate::http::render(&a, &a.stats);
+        assert!(text.contains("# HELP req_total Requests\\nserved (unit: requests)\n"), "{text}");
+        let interval = a.export(unix_secs()).into_interval(1);
+        let s = interval.series.iter().find(|s| s.name == "req_total").unwrap();
+        assert_eq!((s.help.as_deref(), s.unit.as_deref()), (Some("Requests\nserved"), Some("requests")));
     }
 
     #[test]

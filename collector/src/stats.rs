@@ -165,7 +165,8 @@ impl Stats {
                 w.sample(&name, &url(t), None, &field(t).to_string());
             }
         }
-        let dropped: [(&str, fn(&crate::remote_write::sender::Dropped) -> u64, &str); 2] = [
+        type DroppedField = fn(&crate::remote_write::sender::Dropped) -> u64;
+        let dropped: [(&str, DroppedField, &str); 2] = [
             ("samples", |d| d.samples, "Samples (float + native histogram) dropped, by reason"),
             ("batches", |d| d.batches, "Intervals (queue_full, encode) or requests (status_NNN) dropped, by reason"),
         ];

@@ -19,13 +19,16 @@ use shoal_proto::limits::{
 };
 use std::collections::{HashMap, HashSet};
 
+/// Name and labels of a defined series, or why it is refused.
+pub type DefinedSeries = Result<(String, Vec<(String, String)>), Refused>;
+
 /// A series definition, checked on its own.
 #[derive(Debug)]
 pub struct Definition {
     /// The ref it binds.
     pub r#ref: u32,
     /// Name and labels, or why the series is refused.
-    pub series: Result<(String, Vec<(String, String)>), Refused>,
+    pub series: DefinedSeries,
 }
 
 /// What one series-update carries, once checked.
@@ -214,7 +217,7 @@ pub fn request_values(req: &pb::FlushRequest) -> u64 {
 }
 
 /// Definitions by ref, for lookups while merging.
-pub fn definitions_by_ref(definitions: Vec<Definition>) -> HashMap<u32, Result<(String, Vec<(String, String)>), Refused>> {
+pub fn definitions_by_ref(definitions: Vec<Definition>) -> HashMap<u32, DefinedSeries> {
     definitions.into_iter().map(|d| (d.r#ref, d.series)).collect()
 }
 
@@ -296,7 +299,7 @@ mod tests {
         req.definitions.push(req.definitions[0].clone());
         assert!(batch(&req).unwrap_err().message.contains("defined twice"));
         let mut req = ok();
-        req.counters.push(req.counters[0].clone());
+        req.counters.push(req.counters[0]);
         assert!(batch(&req).unwrap_err().message.contains("twice in one batch"));
     }
 }

@@ -582,13 +582,14 @@ mod tests {
     #[test]
     fn descriptions_are_kept_per_admitted_name_truncated_and_exposed() {
         let mut a = agg(|c| c.blocklist = vec!["blocked".into()]);
-        let described = |r, name: &str, help: &str, unit: &str| pb::SeriesDefinition {
-            help: help.into(),
-            unit: unit.into(),
-            ..def(r, name, &[])
-        };
+        let described =
+            |r, name: &str, help: &str, unit: &str| pb::SeriesDefinition { help: help.into(), unit: unit.into(), ..def(r, name, &[]) };
         let long = "h".repeat(shoal_proto::limits::MAX_HELP + 10);
-        let defs = vec![described(1, "req_total", "Requests\nserved", "requests"), described(2, "blocked", "x", ""), described(3, "lat", &long, "")];
+        let defs = vec![
+            described(1, "req_total", "Requests\nserved", "requests"),
+            described(2, "blocked", "x", ""),
+            described(3, "lat", &long, ""),
+        ];
         a.apply(&batch("i", 1, defs, &[(1, 1), (2, 1), (3, 1)]), unix_secs()).unwrap();
         let d = a.description("req_total").unwrap();
         assert_eq!((d.help.as_str(), d.unit.as_deref()), ("Requests\nserved", Some("requests")));

@@ -20,6 +20,7 @@ fn definitions() -> Vec<pb::SeriesDefinition> {
             r#ref: r,
             name: "http_requests_total".into(),
             labels: vec![pb::Label { key: "route".into(), value: format!("/r/{r}") }],
+            ..Default::default()
         })
         .collect()
 }

@@ -25,6 +25,7 @@ pub mod config;
 mod http;
 pub mod ingest;
 pub mod rejection;
+pub mod remote_write;
 pub mod stats;
 pub mod validate;
 
@@ -147,14 +148,30 @@ async fn serve_on(
             .await
             .map_err(|e| format!("HTTP server: {e}"))
     });
+    let remote = {
+        let targets: Vec<_> = shared.aggregator.lock().config().remote_write.iter().map(|t| t.target()).collect();
+        remote_write::RemoteWriteSet::new(targets)?
+    };
+    shared.stats.set_remote_write_targets(remote.writers().iter().map(|w| (w.target().url.clone(), w.stats_handle())).collect());
     let aggregator = shared.aggregator.clone();
     let mut rx = stop_rx.clone();
     let maintenance = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        // Ticks just after each interval boundary (wall clock): maintenance,
+        // then the interval that just closed goes to every remote-write target.
+        let step = interval.as_millis().max(1) as u64;
+        let mut last_closed = unix_millis() / step;
         loop {
+            let now = unix_millis();
+            let next = (now / step + 1) * step;
             tokio::select! {
-                _ = tick.tick() => aggregator.lock().maintain(aggregate::unix_secs()),
-                _ = rx.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(Duration::from_millis(next - now + 5)) => {}
+                _ = rx.wait_for(|s| *s) => return remote,
+            }
+            aggregator.lock().maintain(aggregate::unix_secs());
+            let closed = unix_millis() / step;
+            if closed > last_closed {
+                last_closed = closed;
+                push_interval(&aggregator, &remote, (closed * step) as i64).await;
             }
         }
     });
@@ -167,8 +184,36 @@ async fn serve_on(
     let grace = Duration::from_millis(shared.aggregator.lock().config().shutdown_grace_ms);
     let grpc_result = finish_within(grpc_task, grace, "gRPC").await;
     let http_result = finish_within(http_task, grace, "HTTP").await;
-    let _ = maintenance.await;
+    if let Ok(remote) = maintenance.await {
+        if !remote.writers().is_empty() {
+            // What was merged since the last close (the SDKs' final flushes)
+            // goes out too, then the queues drain within the grace period.
+            push_interval(&shared.aggregator, &remote, unix_millis() as i64).await;
+            for t in remote.shutdown(grace).await {
+                if t.queue_len > 0 {
+                    tracing::warn!(url = %t.url, queued = t.queue_len, "remote-write: intervals still queued at shutdown, dropped");
+                }
+            }
+        }
+    }
     grpc_result.and(http_result)
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+}
+
+/// Takes the rollups under the lock (clones), builds the interval ending at
+/// `end_ms` off it and queues it on every target.
+async fn push_interval(aggregator: &Arc<Mutex<Aggregator>>, remote: &remote_write::RemoteWriteSet, end_ms: i64) {
+    if remote.writers().is_empty() {
+        return;
+    }
+    let export = aggregator.lock().export(aggregate::unix_secs());
+    match tokio::task::spawn_blocking(move || export.into_interval(end_ms)).await {
+        Ok(interval) => remote.push(interval),
+        Err(e) => tracing::error!("remote-write: building the interval failed: {e}"),
+    }
 }
 
 async fn finish_within(task: tokio::task::JoinHandle<Result<(), String>>, grace: Duration, what: &str) -> Result<(), String> {

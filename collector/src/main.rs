@@ -87,6 +87,10 @@ struct Overrides {
     interval_secs: Option<u64>,
     retention_secs: Option<u64>,
     summary_window_secs: Option<u64>,
+    /// Remote-write endpoint to push every closed interval to (repeatable;
+    /// added to the `[[remote_write]]` tables, with their defaults).
+    #[arg(long = "remote-write", value_name = "URL")]
+    remote_write: Vec<String>,
 }
 
 impl Overrides {
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
     if let Err(e) = config.validate() {
         return fatal(overrides.explain(e), EXIT_CONFIG);
     }
+    config.remote_write.extend(args.remote_write.iter().map(shoal_collector::config::RemoteWriteConfig::new));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fatal(format!("cannot start the runtime: {e}"), EXIT_SERVE),

@@ -21,8 +21,10 @@
 
 pub use crate::rejection::Rejection;
 use crate::rejection::REASONS;
+use crate::remote_write::{DropReason, TargetStats, TargetStatsSnapshot};
 use shoal_core::exposition::{format_value, TextWriter};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// A count in series-updates and in values.
 #[derive(Default, Debug)]
@@ -88,6 +90,8 @@ pub struct Stats {
     pub config_reload_errors: AtomicU64,
     batches_rejected: [AtomicU64; REASONS],
     rejected: [Flow; REASONS],
+    /// Remote-write targets: URL and live counters.
+    remote_write: parking_lot::Mutex<Vec<(String, Arc<TargetStats>)>>,
 }
 
 impl Stats {
@@ -127,6 +131,68 @@ impl Stats {
     /// Values refused, every reason.
     pub fn values_rejected(&self) -> u64 {
         self.rejected.iter().map(Flow::values).fold(0, u64::wrapping_add)
+    }
+
+    /// Sets the remote-write targets whose counters are exposed.
+    pub fn set_remote_write_targets(&self, targets: Vec<(String, Arc<TargetStats>)>) {
+        *self.remote_write.lock() = targets;
+    }
+
+    /// The counters of every remote-write target.
+    pub fn remote_write(&self) -> Vec<TargetStatsSnapshot> {
+        self.remote_write.lock().iter().map(|(url, s)| s.snapshot(url)).collect()
+    }
+
+    fn write_remote_write(&self, w: &mut TextWriter) {
+        let targets = self.remote_write();
+        if targets.is_empty() {
+            return;
+        }
+        let url = |t: &TargetStatsSnapshot| vec![("url".to_string(), t.url.clone())];
+        type Field = fn(&TargetStatsSnapshot) -> u64;
+        let counters: [(&str, Field, &str); 6] = [
+            ("samples_sent", |t| t.samples_sent, "Float samples delivered to the target"),
+            ("histograms_sent", |t| t.histograms_sent, "Native histogram samples delivered to the target"),
+            ("requests_sent", |t| t.requests_sent, "Remote-write requests delivered"),
+            ("bytes_sent", |t| t.bytes_sent, "Compressed bytes delivered"),
+            ("requests_failed", |t| t.requests_failed, "Attempts that failed (connection error, timeout, non-2xx)"),
+            ("retries", |t| t.retries, "Attempts that were retries"),
+        ];
+        for (what, field, help) in counters {
+            let name = format!("shoal_collector_remote_write_{what}_total");
+            w.family(&name, "counter", help);
+            for t in &targets {
+                w.sample(&name, &url(t), None, &field(t).to_string());
+            }
+        }
+        type DroppedField = fn(&crate::remote_write::sender::Dropped) -> u64;
+        let dropped: [(&str, DroppedField, &str); 2] = [
+            ("samples", |d| d.samples, "Samples (float + native histogram) dropped, by reason"),
+            ("batches", |d| d.batches, "Intervals (queue_full, encode) or requests (status_NNN) dropped, by reason"),
+        ];
+        for (what, field, help) in dropped {
+            let name = format!("shoal_collector_remote_write_dropped_{what}_total");
+            w.family(&name, "counter", help);
+            for t in &targets {
+                let mut reasons = t.dropped.clone();
+                reasons.entry(DropReason::QueueFull).or_default();
+                reasons.entry(DropReason::Encode).or_default();
+                for (reason, d) in reasons {
+                    let mut labels = url(t);
+                    labels.push(("reason".into(), reason.label()));
+                    w.sample(&name, &labels, None, &field(&d).to_string());
+                }
+            }
+        }
+        w.family("shoal_collector_remote_write_queue_length", "gauge", "Intervals queued for the target (the one being sent included)");
+        for t in &targets {
+            w.sample("shoal_collector_remote_write_queue_length", &url(t), None, &t.queue_len.to_string());
+        }
+        let name = "shoal_collector_remote_write_last_success_timestamp_seconds";
+        w.family(name, "gauge", "Unix time of the last delivered request (0: none yet)");
+        for t in &targets {
+            w.sample(name, &url(t), None, &format_value(t.last_success_unix_ms.unwrap_or(0) as f64 / 1e3));
+        }
     }
 
     /// Writes the self-metrics.
@@ -206,5 +272,6 @@ impl Stats {
         w.sample("shoal_collector_series", &[], None, &series.to_string());
         w.family("shoal_collector_instances", "gauge", "Instances known (seen within the expiry)");
         w.sample("shoal_collector_instances", &[], None, &instances.to_string());
+        self.write_remote_write(w);
     }
 }

@@ -24,6 +24,7 @@
 //! refs, bounded by [`admission::Limits::refused_refs`].
 
 pub mod admission;
+pub mod export;
 pub mod instances;
 pub mod rollup;
 
@@ -37,7 +38,7 @@ use self::rollup::{series_entry, Series};
 use crate::config::Config;
 use crate::rejection::{Refused, Rejection};
 use crate::stats::Stats;
-use crate::validate::{self, ValidBatch, Value};
+use crate::validate::{self, Description, ValidBatch, Value};
 use shoal_core::{Blocklist, SeriesKey, Sketch};
 use shoal_proto as pb;
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +78,9 @@ pub struct Aggregator {
     series: HashMap<Arc<SeriesKey>, Series>,
     kinds_by_name: HashMap<String, Kind>,
     series_per_name: HashMap<String, usize>,
+    /// HELP and unit per metric name, only for names with rollup series
+    /// (bounded like them), the latest one sent.
+    descriptions: HashMap<String, Description>,
     blocklist: Blocklist,
     stats: Arc<Stats>,
 }
@@ -104,6 +108,9 @@ pub struct SeriesView {
     pub gauge: Option<f64>,
     /// Histogram: merged sketch over the summary window.
     pub window: Option<Sketch>,
+    /// Histogram: every sample since the series began, merged (filled by
+    /// [`Aggregator::export`] only).
+    pub cumulative: Option<Sketch>,
 }
 
 /// Per-reason tallies of the series rejected in one batch.
@@ -136,6 +143,7 @@ impl Aggregator {
             instances: HashMap::new(),
             series: HashMap::new(),
             kinds_by_name: HashMap::new(),
+            descriptions: HashMap::new(),
             stats,
         }
     }
@@ -165,6 +173,11 @@ impl Aggregator {
         self.blocklist = config.compiled_blocklist()?;
         self.config = config;
         Ok(ignored)
+    }
+
+    /// HELP text and unit of a metric name, when its SDKs described it.
+    pub fn description(&self, name: &str) -> Option<&Description> {
+        self.descriptions.get(name)
     }
 
     /// Number of rollup series.
@@ -276,6 +289,11 @@ impl Aggregator {
         for (name, n) in admission.new_per_name {
             *self.series_per_name.entry(name).or_insert(0) += n;
         }
+        for (name, d) in batch.descriptions {
+            if self.kinds_by_name.contains_key(&name) {
+                self.descriptions.insert(name, d);
+            }
+        }
         let (mut merged_updates, mut merged_values) = (0u64, 0u64);
         for (key, value) in accepted {
             merged_updates += 1;
@@ -317,6 +335,25 @@ impl Aggregator {
 
     /// Every rollup series as of `now`, sorted by canonical key.
     pub fn views(&self, now: u64) -> Vec<SeriesView> {
+        self.views_with(now, false)
+    }
+
+    /// What a closed interval pushes to remote-write targets, as of `now`:
+    /// the views with their cumulative sketches and the settings needed to
+    /// turn them into an [`crate::remote_write::Interval`] off the lock
+    /// ([`export::Export::into_interval`]).
+    pub fn export(&self, now: u64) -> export::Export {
+        let views = self.views_with(now, true);
+        let mut descriptions = HashMap::new();
+        for v in &views {
+            if let Some(d) = self.descriptions.get(v.key.name()) {
+                descriptions.entry(v.key.name().to_string()).or_insert_with(|| d.clone());
+            }
+        }
+        export::Export { views, quantiles: self.config.quantiles.clone(), descriptions }
+    }
+
+    fn views_with(&self, now: u64, cumulative: bool) -> Vec<SeriesView> {
         let window_start = now.saturating_sub(self.config.summary_window_secs) / self.config.interval_secs;
         let stale_after = self.config.gauge_stale_intervals * self.config.interval_secs;
         let mut gauge_values: HashMap<&Arc<SeriesKey>, Vec<f64>> = HashMap::new();
@@ -348,7 +385,8 @@ impl Aggregator {
                     }
                     merged.unwrap_or_default()
                 });
-                Some(SeriesView { key: s.key.clone(), kind: s.kind, total: s.total, sum: s.sum, gauge, window })
+                let cumulative = if cumulative { s.cumulative.clone() } else { None };
+                Some(SeriesView { key: s.key.clone(), kind: s.kind, total: s.total, sum: s.sum, gauge, window, cumulative })
             })
             .collect();
         views.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
@@ -394,6 +432,7 @@ mod tests {
             r#ref: r,
             name: name.into(),
             labels: labels.iter().map(|(k, v)| pb::Label { key: k.to_string(), value: v.to_string() }).collect(),
+            ..Default::default()
         }
     }
 
@@ -538,6 +577,57 @@ mod tests {
         assert!(matches!(a.apply(&batch("i", 2, vec![], &[(7, 3)]), unix_secs()).unwrap(), Outcome::UnknownRefs(_)));
         assert_eq!((a.stats.merged.values(), a.stats.duplicate.values(), a.stats.unknown_refs.values()), (10, 10, 3));
         assert_conserved(&a.stats);
+    }
+
+    #[test]
+    fn descriptions_are_kept_per_admitted_name_truncated_and_exposed() {
+        let mut a = agg(|c| c.blocklist = vec!["blocked".into()]);
+        let described =
+            |r, name: &str, help: &str, unit: &str| pb::SeriesDefinition { help: help.into(), unit: unit.into(), ..def(r, name, &[]) };
+        let long = "h".repeat(shoal_proto::limits::MAX_HELP + 10);
+        let defs = vec![
+            described(1, "req_total", "Requests\nserved", "requests"),
+            described(2, "blocked", "x", ""),
+            described(3, "lat", &long, ""),
+        ];
+        a.apply(&batch("i", 1, defs, &[(1, 1), (2, 1), (3, 1)]), unix_secs()).unwrap();
+        let d = a.description("req_total").unwrap();
+        assert_eq!((d.help.as_str(), d.unit.as_deref()), ("Requests\nserved", Some("requests")));
+        assert!(a.description("blocked").is_none(), "only names with rollup series");
+        assert_eq!(a.description("lat").unwrap().help.len(), shoal_proto::limits::MAX_HELP, "truncated, not refused");
+        let text = crate::http::render(&a, &a.stats);
+        assert!(text.contains("# HELP req_total Requests\\nserved (unit: requests)\n"), "{text}");
+        let interval = a.export(unix_secs()).into_interval(1);
+        let s = interval.series.iter().find(|s| s.name == "req_total").unwrap();
+        assert_eq!((s.help.as_deref(), s.unit.as_deref()), (Some("Requests\nserved"), Some("requests")));
+    }
+
+    #[test]
+    fn an_export_carries_cumulative_totals_and_native_buckets() {
+        use crate::remote_write::ExportValue;
+        let mut a = agg(|c| c.quantiles = vec![0.5]);
+        let now = unix_secs();
+        let sketch = |values: &[f64]| {
+            let mut s = Sketch::default();
+            values.iter().for_each(|v| s.record(*v).unwrap());
+            pb::HistogramDelta { r#ref: 2, sketch: Some(shoal_proto::convert::sketch_to_proto(&s)) }
+        };
+        let mut b = batch("i", 1, vec![def(1, "req", &[("quantile", "x")]), def(2, "lat", &[])], &[(1, 5)]);
+        b.histograms = vec![sketch(&[1.0, 2.0])];
+        a.apply(&b, now - 20).unwrap();
+        let mut b = batch("i", 2, vec![], &[(1, 7)]);
+        b.histograms = vec![sketch(&[3.0])];
+        a.apply(&b, now).unwrap();
+        let interval = a.export(now).into_interval(1234);
+        assert_eq!(interval.end_ms, 1234);
+        let req = interval.series.iter().find(|s| s.name == "req").unwrap();
+        assert_eq!(req.value, ExportValue::Counter(12));
+        assert_eq!(req.labels, vec![("quantile".to_string(), "x".to_string())], "only summaries rename `quantile`");
+        let ExportValue::Histogram(h) = &interval.series.iter().find(|s| s.name == "lat").unwrap().value else { panic!() };
+        assert_eq!((h.count, h.sum), (3, 6.0));
+        let native = h.native.as_ref().unwrap();
+        assert_eq!(native.positive.iter().map(|(_, n)| n).sum::<u64>(), 3, "cumulative buckets, every interval");
+        assert_eq!(h.quantiles.len(), 1);
     }
 
     #[test]

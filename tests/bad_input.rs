@@ -1,6 +1,7 @@
-//! Malformed batches get a clear InvalidArgument and change nothing; the
-//! collector keeps serving everyone else. A series sent as the wrong kind is
-//! rejected alone: the rest of its batch is merged.
+//! A batch malformed as such gets a clear InvalidArgument and changes
+//! nothing; a malformed series (name, labels, value, sketch) or one sent as
+//! the wrong kind is rejected alone, with a reason, and the rest of its batch
+//! is merged. The collector keeps serving everyone else.
 
 mod common;
 
@@ -96,10 +97,23 @@ fn malformed_batches_are_refused_with_a_reason() {
                 "twice",
             ),
         ];
-        for (req, expected) in cases {
-            let status = client.flush(req).await.expect_err("must be refused");
-            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-            assert!(status.message().contains(expected), "{expected:?} not in {:?}", status.message());
+        // Malformed as a batch: refused whole.
+        let whole = ["instance_id", "sequence", "twice"];
+        for (i, (mut req, expected)) in cases.into_iter().enumerate() {
+            if !req.instance_id.is_empty() {
+                req.instance_id = format!("case-{i}");
+            }
+            if whole.contains(&expected) {
+                let status = client.flush(req).await.expect_err("must be refused");
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+                assert!(status.message().contains(expected), "{expected:?} not in {:?}", status.message());
+            } else {
+                // A malformed series: its batch is acknowledged, the series rejected with the reason.
+                let response = client.flush(req).await.expect("acknowledged").into_inner();
+                assert_eq!(response.acknowledged_sequence, 1);
+                assert_eq!(response.rejected.len(), 1, "{expected}: {response:?}");
+                assert!(response.rejected[0].message.contains(expected), "{expected:?} not in {:?}", response.rejected[0]);
+            }
         }
         // A counter then sent as a gauge is refused, alone: the counter of
         // the same batch is merged.
@@ -124,8 +138,11 @@ fn malformed_batches_are_refused_with_a_reason() {
     });
     let text = scrape(&collector);
     assert_eq!(sample(&text, "ok_total"), Some(3.0), "{text}");
-    assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_field"}"#), Some(6.0), "{text}");
-    assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_sketch"}"#), Some(2.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_field"}"#), Some(3.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_series_rejected_total{reason="invalid_series"}"#), Some(2.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_series_rejected_total{reason="invalid_value"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_series_rejected_total{reason="invalid_sketch"}"#), Some(2.0), "{text}");
+    assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_sketch"}"#), Some(0.0), "{text}");
     assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="kind_conflict"}"#), Some(0.0), "{text}");
     assert_eq!(sample(&text, r#"shoal_collector_series_rejected_total{reason="kind_conflict"}"#), Some(1.0), "{text}");
     collector.shutdown().unwrap();

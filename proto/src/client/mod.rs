@@ -511,12 +511,7 @@ impl State {
         match status.code() {
             tonic::Code::ResourceExhausted => {
                 self.stats.batches_overloaded.fetch_add(1, Relaxed);
-                let hint = retry_hint(&status);
-                self.failed(why, hint.or(Some(Duration::ZERO)))
-            }
-            tonic::Code::Unavailable if retry_hint(&status).is_some() => {
-                let hint = retry_hint(&status);
-                self.failed(why, hint)
+                self.failed(why, retry_hint(&status))
             }
             tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::OutOfRange => {
                 if let Some(batch) = self.pending.sealed.pop_front() {
@@ -529,7 +524,9 @@ impl State {
                 self.update_pending();
                 SendOutcome::Failed(why)
             }
-            _ => self.failed(why, None),
+            // Anything else (UNAVAILABLE included) is a failed attempt,
+            // honouring a retry hint if the collector sent one.
+            _ => self.failed(why, retry_hint(&status)),
         }
     }
 

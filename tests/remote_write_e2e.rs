@@ -105,12 +105,15 @@ impl Server {
     }
 }
 
+/// Every request a raw receiver got, with the status it answered.
+type Seen = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
+
 /// A raw HTTP/1.1 receiver: the first `failures` requests get 500, the
 /// others 204. Keeps every request with the status it got.
-fn flaky_receiver(failures: usize) -> (String, Arc<Mutex<Vec<(u16, Vec<u8>)>>>) {
+fn flaky_receiver(failures: usize) -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
-    let seen: Arc<Mutex<Vec<(u16, Vec<u8>)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let log = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {

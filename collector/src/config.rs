@@ -88,7 +88,7 @@ pub struct Config {
 }
 
 /// One `[[remote_write]]` table.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteWriteConfig {
     /// Endpoint, e.g. `http://127.0.0.1:9090/api/v1/write` (plain http).

@@ -57,6 +57,10 @@ struct Args {
     /// Window of the quantiles on /metrics in seconds [default: 60].
     #[arg(long, value_name = "SECS", value_parser = at_least_one)]
     summary_window_secs: Option<u64>,
+    /// Remote-write endpoint to push every closed interval to (repeatable;
+    /// added to the `[[remote_write]]` tables, with their defaults).
+    #[arg(long = "remote-write", value_name = "URL")]
+    remote_write: Vec<String>,
     /// Format of the log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -87,9 +91,6 @@ struct Overrides {
     interval_secs: Option<u64>,
     retention_secs: Option<u64>,
     summary_window_secs: Option<u64>,
-    /// Remote-write endpoint to push every closed interval to (repeatable;
-    /// added to the `[[remote_write]]` tables, with their defaults).
-    #[arg(long = "remote-write", value_name = "URL")]
     remote_write: Vec<String>,
 }
 
@@ -110,6 +111,7 @@ impl Overrides {
         if let Some(v) = self.summary_window_secs {
             config.summary_window_secs = v;
         }
+        config.remote_write.extend(self.remote_write.iter().map(shoal_collector::config::RemoteWriteConfig::new));
     }
 
     /// `(config key, flag, value)` of each setting given on the command line.
@@ -149,6 +151,7 @@ fn main() -> ExitCode {
         interval_secs: args.interval_secs,
         retention_secs: args.retention_secs,
         summary_window_secs: args.summary_window_secs,
+        remote_write: args.remote_write.clone(),
     };
     let mut config = match &args.config {
         Some(path) => match Config::from_toml_file(path) {
@@ -161,7 +164,6 @@ fn main() -> ExitCode {
     if let Err(e) = config.validate() {
         return fatal(overrides.explain(e), EXIT_CONFIG);
     }
-    config.remote_write.extend(args.remote_write.iter().map(shoal_collector::config::RemoteWriteConfig::new));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fatal(format!("cannot start the runtime: {e}"), EXIT_SERVE),

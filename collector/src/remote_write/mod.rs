@@ -158,7 +158,7 @@ impl ExportHistogram {
 }
 
 /// How a target receives histograms.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HistogramMode {
     /// Quantile series + `_sum` + `_count` (every TSDB ingests them).

@@ -85,6 +85,12 @@ pub struct Config {
     /// Remote-write targets (`[[remote_write]]` tables; `--remote-write URL`
     /// adds more): every closed rollup interval is pushed to each.
     pub remote_write: Vec<RemoteWriteConfig>,
+    /// Directory of the write-ahead log and checkpoints: acknowledged
+    /// batches survive a crash. `None`: in memory only. Needs a restart.
+    pub data_dir: Option<PathBuf>,
+    /// A rollup series with no update for this long leaves memory,
+    /// `/metrics` and the API, in seconds; 0 = never. Needs a restart.
+    pub series_expiry_secs: u64,
 }
 
 /// One `[[remote_write]]` table.
@@ -202,6 +208,8 @@ impl Default for Config {
             ingest_queue: 1024,
             overload_retry_after_ms: 1000,
             remote_write: Vec::new(),
+            data_dir: None,
+            series_expiry_secs: 900,
         }
     }
 }
@@ -287,6 +295,12 @@ impl Config {
         }
         if new.remote_write != self.remote_write {
             ignored.push("remote_write");
+        }
+        if new.data_dir != self.data_dir {
+            ignored.push("data_dir");
+        }
+        if new.series_expiry_secs != self.series_expiry_secs {
+            ignored.push("series_expiry_secs");
         }
         let config = Config {
             max_series_per_instance: new.max_series_per_instance,

@@ -88,6 +88,20 @@ pub struct Stats {
     pub config_reloads: AtomicU64,
     /// Configuration reloads refused (the old settings stay).
     pub config_reload_errors: AtomicU64,
+    /// Rollup series removed after `series_expiry_secs` without an update.
+    pub series_expired: AtomicU64,
+    /// WAL appends that failed (I/O error, disk full): the batch was answered
+    /// `UNAVAILABLE`.
+    pub wal_write_errors: AtomicU64,
+    /// WAL records cut off at start (torn or corrupt).
+    pub wal_corrupt_records: AtomicU64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Batches answered `UNAVAILABLE` because the collector is degraded
+    /// (memory ahead of disk); not merged.
+    pub batches_unavailable: AtomicU64,
+    /// 1 while degraded: a WAL append failed and no checkpoint has covered it yet.
+    pub durable_degraded: AtomicU64,
     batches_rejected: [AtomicU64; REASONS],
     rejected: [Flow; REASONS],
     /// Remote-write targets: URL and live counters.
@@ -197,7 +211,20 @@ impl Stats {
 
     /// Writes the self-metrics.
     pub fn write(&self, w: &mut TextWriter, series: usize, instances: usize) {
-        let counters: [(&str, &AtomicU64, &str); 9] = [
+        let counters: [(&str, &AtomicU64, &str); 14] = [
+            (
+                "shoal_collector_series_expired_total",
+                &self.series_expired,
+                "Rollup series removed after series_expiry_secs without an update",
+            ),
+            ("shoal_collector_wal_write_errors_total", &self.wal_write_errors, "WAL appends that failed (I/O error, disk full)"),
+            ("shoal_collector_wal_corrupt_records_total", &self.wal_corrupt_records, "WAL records cut off at start (torn or corrupt)"),
+            ("shoal_collector_checkpoints_total", &self.checkpoints, "Checkpoints written"),
+            (
+                "shoal_collector_batches_unavailable_total",
+                &self.batches_unavailable,
+                "Batches answered UNAVAILABLE while degraded (not merged; the SDK resends)",
+            ),
             ("shoal_collector_batches_received_total", &self.batches_received, "Batches received, whatever their outcome"),
             ("shoal_collector_batches_merged_total", &self.batches_merged, "Batches merged into the rollups"),
             (
@@ -268,6 +295,8 @@ impl Stats {
         w.sample("shoal_collector_ingest_queue_depth", &[], None, &self.ingest_queue_depth.load(Relaxed).to_string());
         w.family("shoal_collector_ingest_queue_peak", "gauge", "Highest ingest queue depth seen");
         w.sample("shoal_collector_ingest_queue_peak", &[], None, &self.ingest_queue_peak.load(Relaxed).to_string());
+        w.family("shoal_collector_durable_degraded", "gauge", "1 while a failed WAL write is not yet covered by a checkpoint");
+        w.sample("shoal_collector_durable_degraded", &[], None, &self.durable_degraded.load(Relaxed).to_string());
         w.family("shoal_collector_series", "gauge", "Rollup series held");
         w.sample("shoal_collector_series", &[], None, &series.to_string());
         w.family("shoal_collector_instances", "gauge", "Instances known (seen within the expiry)");

@@ -27,6 +27,7 @@ pub mod admission;
 pub mod export;
 pub mod instances;
 pub mod rollup;
+pub mod snapshot;
 
 pub use self::admission::Limits;
 pub use self::rollup::{merge_bounded, Point, MAX_ROLLUP_SPAN};
@@ -299,15 +300,15 @@ impl Aggregator {
             merged_updates += 1;
             match value {
                 Value::Counter(delta) => {
-                    series_entry(&mut self.series, key, Kind::Counter).add_counter(interval, delta);
+                    series_entry(&mut self.series, key, Kind::Counter, now).add_counter(interval, delta);
                     merged_values = merged_values.wrapping_add(delta);
                 }
                 Value::Histogram(sketch) => {
                     merged_values = merged_values.wrapping_add(sketch.count());
-                    series_entry(&mut self.series, key, Kind::Histogram).add_histogram(interval, sketch);
+                    series_entry(&mut self.series, key, Kind::Histogram, now).add_histogram(interval, sketch);
                 }
                 Value::Gauge(v) => {
-                    series_entry(&mut self.series, key.clone(), Kind::Gauge);
+                    series_entry(&mut self.series, key.clone(), Kind::Gauge, now);
                     instance.gauges.insert(key, v);
                 }
             }
@@ -323,7 +324,11 @@ impl Aggregator {
         Ok(Outcome::Merged(rejected.list))
     }
 
-    /// Drops points older than the retention and instances silent past expiry.
+    /// Drops points older than the retention, instances silent past
+    /// expiry, and series not updated for `series_expiry_secs` (refs to an
+    /// expired series stay valid: the next update creates it again). A
+    /// function of the state and `now` only, so that a replay of the WAL,
+    /// which calls it with the logged `now`, does what it did live.
     pub fn maintain(&mut self, now: u64) {
         let oldest_interval = now.saturating_sub(self.config.retention_secs) / self.config.interval_secs;
         for s in self.series.values_mut() {
@@ -331,6 +336,54 @@ impl Aggregator {
         }
         let expiry = self.config.instance_expiry_secs;
         self.instances.retain(|_, i| now.saturating_sub(i.last_seen_secs) < expiry);
+        let series_expiry = self.config.series_expiry_secs;
+        if series_expiry > 0 {
+            let before = self.series.len();
+            let (per_name, kinds, descriptions) = (&mut self.series_per_name, &mut self.kinds_by_name, &mut self.descriptions);
+            self.series.retain(|_, s| {
+                if now.saturating_sub(s.last_update) < series_expiry {
+                    return true;
+                }
+                let name = s.key.name();
+                if let Some(n) = per_name.get_mut(name) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_name.remove(name);
+                        kinds.remove(name);
+                        descriptions.remove(name);
+                    }
+                }
+                false
+            });
+            let expired = before - self.series.len();
+            if expired > 0 {
+                self.stats.series_expired.fetch_add(expired as u64, Relaxed);
+                // A gauge value of an expired series must not come back if
+                // the series is created again.
+                let series = &self.series;
+                for i in self.instances.values_mut() {
+                    i.gauges.retain(|k, _| series.contains_key(k));
+                }
+            }
+        }
+    }
+
+    /// Durable mode: the WAL ticket of the instance's last merged batch (0:
+    /// unknown or restored, hence durable).
+    pub fn instance_ticket(&self, instance_id: &str) -> u64 {
+        self.instances.get(instance_id).map_or(0, |i| i.ticket)
+    }
+
+    /// Durable mode: records the ticket of the batch just merged.
+    pub fn set_instance_ticket(&mut self, instance_id: &str, ticket: u64) {
+        if let Some(i) = self.instances.get_mut(instance_id) {
+            i.ticket = ticket;
+        }
+    }
+
+    /// Counts into `stats` from now on (a replay counts into scratch stats).
+    pub fn set_stats(&mut self, stats: Arc<Stats>) {
+        self.stats = stats;
     }
 
     /// Every rollup series as of `now`, sorted by canonical key.
@@ -600,6 +653,38 @@ mod tests {
         let interval = a.export(unix_secs()).into_interval(1);
         let s = interval.series.iter().find(|s| s.name == "req_total").unwrap();
         assert_eq!((s.help.as_deref(), s.unit.as_deref()), (Some("Requests\nserved"), Some("requests")));
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_cumulative_sketches_and_descriptions() {
+        // Native histograms and HELP must survive a restart from a checkpoint
+        // (the WAL replay covers only what came after it).
+        let mut a = agg(|c| c.series_expiry_secs = 0);
+        let now = unix_secs();
+        let mut sketch = Sketch::default();
+        [1.0, 2.0, 40.0].iter().for_each(|v| sketch.record(*v).unwrap());
+        let defs = vec![
+            pb::SeriesDefinition { help: "Requests.".into(), ..def(1, "req_total", &[]) },
+            pb::SeriesDefinition { help: "Latency.".into(), unit: "seconds".into(), ..def(2, "lat_seconds", &[]) },
+        ];
+        let mut b = batch("i", 1, defs, &[(1, 5)]);
+        b.histograms = vec![pb::HistogramDelta { r#ref: 2, sketch: Some(shoal_proto::convert::sketch_to_proto(&sketch)) }];
+        a.apply(&b, now - 3600).unwrap();
+        a.maintain(now); // the first interval's points leave the retention
+        let restored = Aggregator::restore(a.config.clone(), Arc::new(Stats::default()), a.snapshot()).unwrap();
+        let summary = |agg: &Aggregator| -> Vec<_> {
+            agg.export(now)
+                .views
+                .iter()
+                .map(|v| (v.key.canonical().to_string(), v.total, v.cumulative.as_ref().map(shoal_proto::convert::sketch_to_proto)))
+                .collect()
+        };
+        let before = summary(&a);
+        assert!(before.iter().any(|(k, t, c)| k == "lat_seconds" && *t == 3 && c.is_some()), "{before:?}");
+        assert_eq!(summary(&restored), before);
+        let d = restored.description("lat_seconds").unwrap();
+        assert_eq!((d.help.as_str(), d.unit.as_deref()), ("Latency.", Some("seconds")));
+        assert_eq!(restored.description("req_total").unwrap().help, "Requests.");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub(crate) struct Series {
     /// Histogram: every sample since the series began, merged (bounded like
     /// a point): the cumulative buckets that native histograms carry.
     pub(crate) cumulative: Option<Sketch>,
+    /// When it was last updated (Unix seconds, the merge's `now`): a series
+    /// silent past `series_expiry_secs` is removed.
+    pub(crate) last_update: u64,
 }
 
 impl Series {
@@ -95,8 +98,19 @@ pub fn merge_bounded(point: &mut Sketch, mut incoming: Sketch) {
     point.merge(&incoming);
 }
 
-pub(crate) fn series_entry(series: &mut HashMap<Arc<SeriesKey>, Series>, key: Arc<SeriesKey>, kind: Kind) -> &mut Series {
-    series.entry(key.clone()).or_insert_with(|| Series { key, kind, total: 0, sum: 0.0, points: VecDeque::new(), cumulative: None })
+/// The series of `key`, created if needed, marked as updated at `now`.
+pub(crate) fn series_entry(series: &mut HashMap<Arc<SeriesKey>, Series>, key: Arc<SeriesKey>, kind: Kind, now: u64) -> &mut Series {
+    let s = series.entry(key.clone()).or_insert_with(|| Series {
+        key,
+        kind,
+        total: 0,
+        sum: 0.0,
+        points: VecDeque::new(),
+        cumulative: None,
+        last_update: now,
+    });
+    s.last_update = s.last_update.max(now);
+    s
 }
 
 fn point_at(points: &mut VecDeque<(u64, Point)>, interval: u64, make: impl FnOnce() -> Point) -> &mut Point {

@@ -114,9 +114,9 @@ fn simulate(index: usize, now: u64, rng: &mut StdRng) -> Instance {
         // Definitions travel once, in the first batch; later batches use refs.
         let definitions = if sequence == 1 {
             vec![
-                pb::SeriesDefinition { r#ref: 1, name: REQUESTS.into(), labels: labels(&[("method", "GET")]) },
-                pb::SeriesDefinition { r#ref: 2, name: LATENCY.into(), labels: vec![] },
-                pb::SeriesDefinition { r#ref: 3, name: BYTES.into(), labels: vec![] },
+                pb::SeriesDefinition { r#ref: 1, name: REQUESTS.into(), labels: labels(&[("method", "GET")]), ..Default::default() },
+                pb::SeriesDefinition { r#ref: 2, name: LATENCY.into(), labels: vec![], ..Default::default() },
+                pb::SeriesDefinition { r#ref: 3, name: BYTES.into(), labels: vec![], ..Default::default() },
             ]
         } else {
             vec![]

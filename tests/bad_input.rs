@@ -15,7 +15,7 @@ fn valid() -> pb::FlushRequest {
         sequence: 1,
         interval_start_unix_nanos: 0,
         interval_end_unix_nanos: 0,
-        definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "ok_total".into(), labels: vec![] }],
+        definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "ok_total".into(), labels: vec![], ..Default::default() }],
         counters: vec![pb::CounterDelta { r#ref: 1, delta: 1 }],
         gauges: vec![],
         histograms: vec![],
@@ -33,7 +33,7 @@ fn malformed_batches_are_refused_with_a_reason() {
             (pb::FlushRequest { sequence: 0, ..valid() }, "sequence"),
             (
                 pb::FlushRequest {
-                    definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "bad name".into(), labels: vec![] }],
+                    definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "bad name".into(), labels: vec![], ..Default::default() }],
                     ..valid()
                 },
                 "metric name",
@@ -44,6 +44,7 @@ fn malformed_batches_are_refused_with_a_reason() {
                         r#ref: 1,
                         name: "x".into(),
                         labels: vec![pb::Label { key: "k".into(), value: "1".into() }, pb::Label { key: "k".into(), value: "2".into() }],
+                        ..Default::default()
                     }],
                     ..valid()
                 },
@@ -53,7 +54,7 @@ fn malformed_batches_are_refused_with_a_reason() {
                 pb::FlushRequest {
                     gauges: vec![pb::GaugeValue { r#ref: 1, value: f64::NAN }],
                     counters: vec![],
-                    definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "g".into(), labels: vec![] }],
+                    definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "g".into(), labels: vec![], ..Default::default() }],
                     ..valid()
                 },
                 "not finite",
@@ -125,6 +126,7 @@ fn malformed_batches_are_refused_with_a_reason() {
                 r#ref: 2,
                 name: "ok_total".into(),
                 labels: vec![pb::Label { key: "x".into(), value: "y".into() }],
+                ..Default::default()
             }],
             ..valid()
         };

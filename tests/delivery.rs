@@ -139,7 +139,7 @@ fn the_same_batch_delivered_twice_is_counted_once() {
             sequence: 1,
             interval_start_unix_nanos: 0,
             interval_end_unix_nanos: 1,
-            definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "orders_total".into(), labels: vec![] }],
+            definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "orders_total".into(), labels: vec![], ..Default::default() }],
             counters: vec![pb::CounterDelta { r#ref: 1, delta: 7 }],
             gauges: vec![],
             histograms: vec![],

@@ -289,6 +289,7 @@ fn simulated_batch(id: usize, sequence: u64, series: u32, with_definitions: bool
                     r#ref: r,
                     name: "sim_requests_total".into(),
                     labels: vec![pb::Label { key: "route".into(), value: r.to_string() }],
+                    ..Default::default()
                 })
                 .collect()
         } else {

@@ -71,12 +71,12 @@ fn the_collector_refuses_bad_series_one_by_one_and_merges_the_rest() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut client = runtime.block_on(pb::ingest_client::IngestClient::connect(url)).unwrap();
     let definitions = vec![
-        pb::SeriesDefinition { r#ref: 1, name: "healthy_total".into(), labels: vec![] },
-        pb::SeriesDefinition { r#ref: 2, name: "x".into(), labels: vec![label("big", &"v".repeat(2000))] },
-        pb::SeriesDefinition { r#ref: 3, name: "n".repeat(300), labels: vec![] },
-        pb::SeriesDefinition { r#ref: 4, name: "healthy_total".into(), labels: vec![label("as", "gauge")] },
-        pb::SeriesDefinition { r#ref: 5, name: "h".into(), labels: vec![] },
-        pb::SeriesDefinition { r#ref: 6, name: "g".into(), labels: vec![] },
+        pb::SeriesDefinition { r#ref: 1, name: "healthy_total".into(), labels: vec![], ..Default::default() },
+        pb::SeriesDefinition { r#ref: 2, name: "x".into(), labels: vec![label("big", &"v".repeat(2000))], ..Default::default() },
+        pb::SeriesDefinition { r#ref: 3, name: "n".repeat(300), labels: vec![], ..Default::default() },
+        pb::SeriesDefinition { r#ref: 4, name: "healthy_total".into(), labels: vec![label("as", "gauge")], ..Default::default() },
+        pb::SeriesDefinition { r#ref: 5, name: "h".into(), labels: vec![], ..Default::default() },
+        pb::SeriesDefinition { r#ref: 6, name: "g".into(), labels: vec![], ..Default::default() },
     ];
     let request = |sequence: u64, definitions: Vec<pb::SeriesDefinition>| pb::FlushRequest {
         instance_id: "raw-client".into(),
@@ -122,7 +122,9 @@ fn the_collector_refuses_bad_series_one_by_one_and_merges_the_rest() {
     let huge = pb::FlushRequest {
         instance_id: "raw-client".into(),
         sequence: 3,
-        definitions: (0..300_000).map(|r| pb::SeriesDefinition { r#ref: r, name: format!("series_{r:060}"), labels: vec![] }).collect(),
+        definitions: (0..300_000)
+            .map(|r| pb::SeriesDefinition { r#ref: r, name: format!("series_{r:060}"), labels: vec![], ..Default::default() })
+            .collect(),
         ..Default::default()
     };
     assert!(huge.encoded_len() > shoal_proto::limits::MAX_BATCH_BYTES);

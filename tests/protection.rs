@@ -125,7 +125,7 @@ fn an_overloaded_collector_answers_resource_exhausted_and_sdks_back_off_without_
             let req = pb::FlushRequest {
                 instance_id: "raw".into(),
                 sequence: 1,
-                definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "raw_total".into(), labels: vec![] }],
+                definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "raw_total".into(), labels: vec![], ..Default::default() }],
                 counters: vec![pb::CounterDelta { r#ref: 1, delta: 1 }],
                 ..Default::default()
             };

@@ -1,9 +1,10 @@
 //! Collector settings: defaults, the optional TOML file, and validation.
 
+use crate::remote_write::{HistogramMode, RemoteWriteTarget};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How the gauges of several instances roll up into one cluster value.
@@ -81,6 +82,71 @@ pub struct Config {
     /// The retry hint of an overloaded answer (`retry-after-ms` metadata);
     /// SDKs add jitter. Reloadable.
     pub overload_retry_after_ms: u64,
+    /// Remote-write targets (`[[remote_write]]` tables; `--remote-write URL`
+    /// adds more): every closed rollup interval is pushed to each.
+    pub remote_write: Vec<RemoteWriteConfig>,
+    /// Directory of the write-ahead log and checkpoints: acknowledged
+    /// batches survive a crash. `None`: in memory only. Needs a restart.
+    pub data_dir: Option<PathBuf>,
+    /// A rollup series with no update for this long leaves memory,
+    /// `/metrics` and the API, in seconds; 0 = never. Needs a restart.
+    pub series_expiry_secs: u64,
+}
+
+/// One `[[remote_write]]` table.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteConfig {
+    /// Endpoint, e.g. `http://127.0.0.1:9090/api/v1/write` (plain http).
+    pub url: String,
+    /// `summary` (default), `native` or `both`.
+    #[serde(default)]
+    pub histograms: HistogramMode,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// File holding a bearer token (read at each send).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Bound on one request, in ms [default: 30000].
+    #[serde(default = "default_remote_write_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Intervals queued at most; past it the oldest is dropped [default: 64].
+    #[serde(default = "default_remote_write_queue_size")]
+    pub queue_size: usize,
+}
+
+fn default_remote_write_timeout_ms() -> u64 {
+    crate::remote_write::sender::DEFAULT_TIMEOUT.as_millis() as u64
+}
+
+fn default_remote_write_queue_size() -> usize {
+    crate::remote_write::sender::DEFAULT_QUEUE_CAPACITY
+}
+
+impl RemoteWriteConfig {
+    /// A target at `url` with the defaults (what `--remote-write URL` adds).
+    pub fn new(url: impl Into<String>) -> RemoteWriteConfig {
+        RemoteWriteConfig {
+            url: url.into(),
+            histograms: HistogramMode::default(),
+            headers: BTreeMap::new(),
+            bearer_token_file: None,
+            timeout_ms: default_remote_write_timeout_ms(),
+            queue_size: default_remote_write_queue_size(),
+        }
+    }
+
+    /// The sender's description of this target.
+    pub fn target(&self) -> RemoteWriteTarget {
+        let mut t = RemoteWriteTarget::new(self.url.clone());
+        t.histograms = self.histograms;
+        t.headers = self.headers.clone();
+        t.bearer_token_file = self.bearer_token_file.clone();
+        t.timeout = Duration::from_millis(self.timeout_ms);
+        t.queue_capacity = self.queue_size;
+        t
+    }
 }
 
 /// A listen address as written on the command line or in the TOML file:
@@ -141,6 +207,9 @@ impl Default for Config {
             blocklist: Vec::new(),
             ingest_queue: 1024,
             overload_retry_after_ms: 1000,
+            remote_write: Vec::new(),
+            data_dir: None,
+            series_expiry_secs: 900,
         }
     }
 }
@@ -182,6 +251,14 @@ impl Config {
         if self.ingest_queue == 0 {
             return Err("ingest_queue must be at least 1".into());
         }
+        for t in &self.remote_write {
+            if !t.url.starts_with("http://") {
+                return Err(format!("remote_write url {:?}: only http:// is supported", t.url));
+            }
+            if t.timeout_ms == 0 || t.queue_size == 0 {
+                return Err(format!("remote_write {:?}: timeout_ms and queue_size must be at least 1", t.url));
+            }
+        }
         self.compiled_blocklist()?;
         Ok(())
     }
@@ -215,6 +292,15 @@ impl Config {
         }
         if new.summary_window_secs != self.summary_window_secs {
             ignored.push("summary_window_secs");
+        }
+        if new.remote_write != self.remote_write {
+            ignored.push("remote_write");
+        }
+        if new.data_dir != self.data_dir {
+            ignored.push("data_dir");
+        }
+        if new.series_expiry_secs != self.series_expiry_secs {
+            ignored.push("series_expiry_secs");
         }
         let config = Config {
             max_series_per_instance: new.max_series_per_instance,
@@ -291,6 +377,26 @@ mod tests {
         assert!(c.http_listen.ip().is_loopback() && c.http_listen.port() == 9172);
         assert_eq!(c.grpc_listen, v4(7172));
         assert!(Config::from_toml("http_listen = \"nope\"").unwrap_err().contains("nope"));
+    }
+
+    #[test]
+    fn remote_write_tables_are_read_with_defaults() {
+        let c = Config::from_toml(
+            "[[remote_write]]\nurl = \"http://a:9090/api/v1/write\"\n\n[[remote_write]]\nurl = \"http://b/write\"\nhistograms = \"native\"\ntimeout_ms = 500\nqueue_size = 3\nbearer_token_file = \"/t\"\n[remote_write.headers]\nX-Scope-OrgID = \"team\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.remote_write.len(), 2);
+        let a = c.remote_write[0].target();
+        assert_eq!((a.histograms, a.timeout, a.queue_capacity), (HistogramMode::Summary, Duration::from_secs(30), 64));
+        let b = c.remote_write[1].target();
+        assert_eq!((b.histograms, b.timeout, b.queue_capacity), (HistogramMode::Native, Duration::from_millis(500), 3));
+        assert_eq!(b.headers.get("X-Scope-OrgID").map(String::as_str), Some("team"));
+        assert_eq!(b.bearer_token_file.as_deref(), Some(Path::new("/t")));
+        assert!(Config::from_toml("[[remote_write]]\nurl = \"http://a\"\nhistograms = \"dense\"\n").is_err());
+        assert!(Config::from_toml("[[remote_write]]\nurl = \"https://a\"\n").is_err());
+        assert!(Config::from_toml("[[remote_write]]\nurl = \"http://a\"\nqueue = 1\n").is_err());
+        let (_, ignored) = c.reloaded(&Config::default());
+        assert_eq!(ignored, vec!["remote_write"]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shoal_core::exposition::{format_value, summary_labels, TextWriter};
+use shoal_core::exposition::{format_value, help_text, summary_labels, TextWriter};
 use shoal_core::names::sanitize_metric_name;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,16 +44,19 @@ pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
     let mut w = TextWriter::default();
     for (name, views) in families {
         let kind = views[0].kind;
+        // The SDKs' description (and unit) when they gave one, else what the rollup is.
+        let described = aggregator.description(views[0].key.name());
+        let help = |fallback: &str| help_text(described.map(|d| d.help.as_str()), described.and_then(|d| d.unit.as_deref()), fallback);
         match kind {
             Kind::Counter => {
-                w.family(&name, "counter", "cluster total merged by shoal-collector");
+                w.family(&name, "counter", &help("cluster total merged by shoal-collector"));
                 for v in views {
                     w.sample(&name, v.key.labels(), None, &v.total.to_string());
                 }
             }
             Kind::Gauge => {
                 let rule = aggregator.config().gauge_rule(views[0].key.name());
-                w.family(&name, "gauge", &format!("cluster gauge rolled up by {} over live instances", rule_name(rule)));
+                w.family(&name, "gauge", &help(&format!("cluster gauge rolled up by {} over live instances", rule_name(rule))));
                 for v in views {
                     if let Some(g) = v.gauge {
                         w.sample(&name, v.key.labels(), None, &format_value(g));
@@ -65,7 +68,7 @@ pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
                 w.family(
                     &name,
                     "summary",
-                    &format!("cluster quantiles over the last {window}s from merged sketches; _sum and _count cumulative"),
+                    &help(&format!("cluster quantiles over the last {window}s from merged sketches; _sum and _count cumulative")),
                 );
                 for v in views {
                     let sketch = v.window.unwrap_or_default();
@@ -108,11 +111,23 @@ struct SeriesParams {
 }
 
 async fn series(State(state): State<AppState>, Query(p): Query<SeriesParams>) -> Json<Value> {
-    let list = state.aggregator.lock().series_list(p.name.as_deref());
-    let series: Vec<Value> = list
-        .into_values()
-        .map(|(key, kind)| json!({"series": key.canonical(), "name": key.name(), "labels": labels_json(key.labels()), "kind": kind.as_str()}))
-        .collect();
+    let series: Vec<Value> = {
+        let agg = state.aggregator.lock();
+        agg.series_list(p.name.as_deref())
+            .into_values()
+            .map(|(key, kind)| {
+                let d = agg.description(key.name());
+                json!({
+                    "series": key.canonical(),
+                    "name": key.name(),
+                    "labels": labels_json(key.labels()),
+                    "kind": kind.as_str(),
+                    "help": d.map(|d| d.help.as_str()).filter(|h| !h.is_empty()),
+                    "unit": d.and_then(|d| d.unit.as_deref()),
+                })
+            })
+            .collect()
+    };
     Json(json!({ "series": series }))
 }
 

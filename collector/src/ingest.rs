@@ -10,6 +10,7 @@
 //! largest batch.
 
 use crate::aggregate::{unix_secs, Aggregator, Outcome};
+use crate::persist::Durable;
 use crate::rejection::Rejection;
 use crate::stats::Stats;
 use parking_lot::Mutex;
@@ -83,25 +84,49 @@ pub struct IngestService {
     pub(crate) aggregator: Arc<Mutex<Aggregator>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) control: Arc<IngestControl>,
+    pub(crate) durable: Option<Arc<Durable>>,
 }
 
 impl IngestService {
     /// A service over shared state.
     pub fn new(aggregator: Arc<Mutex<Aggregator>>, stats: Arc<Stats>, control: Arc<IngestControl>) -> IngestService {
-        IngestService { aggregator, stats, control }
+        IngestService { aggregator, stats, control, durable: None }
     }
 
-    /// Handles one decoded batch; shared by the gRPC path, the fuzz target
-    /// and tests.
+    /// The same, acknowledging a batch only once it is durable in `durable`.
+    pub fn with_durable(mut self, durable: Option<Arc<Durable>>) -> IngestService {
+        self.durable = durable;
+        self
+    }
+
+    /// Handles one decoded batch in memory (no durability wait); shared by
+    /// the fuzz target and tests.
     pub fn handle(&self, req: &pb::FlushRequest) -> Result<pb::FlushResponse, Status> {
+        self.handle_at(req, unix_secs(), None).0
+    }
+
+    /// Handles one batch at `now`. With `durable` (the WAL and the encoded
+    /// request), a merged batch is logged inside the same critical section
+    /// as its merge; returns the ticket to wait for before acknowledging (a
+    /// duplicate: the ticket of its instance's last merge).
+    fn handle_at(&self, req: &pb::FlushRequest, now: u64, durable: Option<(&Durable, &[u8])>) -> (Result<pb::FlushResponse, Status>, u64) {
         let stats = &self.stats;
         stats.batches_received.fetch_add(1, Relaxed);
         stats.bytes_received.fetch_add(req.encoded_len() as u64, Relaxed);
         let started = Instant::now();
-        let (result, epoch, blocklist) = {
+        let (result, epoch, blocklist, ticket) = {
             let mut agg = self.aggregator.lock();
-            let r = agg.apply(req, unix_secs());
-            (r, agg.epoch(), agg.blocklist().patterns().to_vec())
+            let r = agg.apply(req, now);
+            let ticket = match (durable, &r) {
+                (Some((d, bytes)), Ok(Outcome::Merged(_))) => {
+                    let t = d.log_batch(now, bytes);
+                    agg.set_instance_ticket(&req.instance_id, t);
+                    t
+                }
+                (Some(_), Ok(Outcome::Duplicate)) => agg.instance_ticket(&req.instance_id),
+                _ => 0,
+            };
+            (r, agg.epoch(), agg.blocklist().patterns().to_vec(), ticket)
         };
         stats.merge_nanos.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
         let mut response = pb::FlushResponse {
@@ -138,13 +163,24 @@ impl IngestService {
             Ok(Outcome::UnknownRefs(refs)) => response.unknown_refs = refs,
             Err(refused) => {
                 tracing::warn!(instance = %truncate(&req.instance_id), sequence = req.sequence, "batch refused: {}", refused.message);
-                return Err(match refused.reason {
+                let status = match refused.reason {
                     Rejection::InstanceLimit => Status::failed_precondition(refused.message),
                     _ => Status::invalid_argument(refused.message),
-                });
+                };
+                return (Err(status), ticket);
             }
         }
-        Ok(response)
+        (Ok(response), ticket)
+    }
+
+    /// The answer while the durable store cannot keep up with memory.
+    fn unavailable(&self) -> Status {
+        let ms = self.control.retry_after_ms.load(Relaxed);
+        let mut status = Status::unavailable(format!("collector storage failing: retry after {ms} ms"));
+        if let Ok(v) = ms.to_string().parse() {
+            status.metadata_mut().insert(RETRY_AFTER_METADATA, v);
+        }
+        status
     }
 
     /// The answer to a batch that found the queue full.
@@ -182,13 +218,30 @@ impl pb::ingest_server::Ingest for IngestService {
         self.stats.ingest_queue_peak.fetch_max(depth, Relaxed);
         let _queued = Queued(&self.stats);
         let faults = &self.control.faults;
-        let result = {
+        let durable = self.durable.as_deref();
+        // Encoded outside the merge step; only logged if it merges.
+        let encoded = durable.map(|_| request.get_ref().encode_to_vec());
+        let (result, ticket) = {
             let _merging = self.control.gate.lock().await;
             if Faults::roll(&faults.fail_before_merge_ppm) {
                 return Err(Status::unavailable("injected fault: failed before merging"));
             }
-            self.handle(request.get_ref())
+            match (durable, &encoded) {
+                (Some(d), Some(bytes)) => {
+                    if d.degraded() {
+                        self.stats.batches_unavailable.fetch_add(1, Relaxed);
+                        return Err(self.unavailable());
+                    }
+                    self.handle_at(request.get_ref(), unix_secs(), Some((d, bytes)))
+                }
+                _ => self.handle_at(request.get_ref(), unix_secs(), None),
+            }
         };
+        if let Some(d) = durable {
+            if result.is_ok() && d.wait(ticket).await.is_err() {
+                return Err(self.unavailable());
+            }
+        }
         let delay = faults.max_ack_delay_ms.load(Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % (delay + 1))).await;

@@ -22,9 +22,12 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod durable;
 mod http;
 pub mod ingest;
+pub mod persist;
 pub mod rejection;
+pub mod remote_write;
 pub mod stats;
 pub mod validate;
 
@@ -49,14 +52,35 @@ pub struct Shared {
     pub stats: Arc<stats::Stats>,
     /// The bounded ingest queue, its retry hint and injectable faults.
     pub ingest: Arc<ingest::IngestControl>,
+    /// The WAL and checkpoints (with `data_dir`); `None`: in memory only.
+    pub durable: Option<Arc<persist::Durable>>,
 }
 
 impl Shared {
-    /// Fresh state (empty rollups, new epoch) for `config`.
+    /// Fresh in-memory state (empty rollups, new epoch) for `config`,
+    /// whatever its `data_dir` (see [`Shared::open`]).
     pub fn new(config: Config) -> Shared {
         let stats = Arc::new(stats::Stats::default());
         let ingest = Arc::new(ingest::IngestControl::new(config.ingest_queue.max(1), config.overload_retry_after_ms));
-        Shared { aggregator: Arc::new(Mutex::new(Aggregator::new(config, stats.clone()))), stats, ingest }
+        Shared { aggregator: Arc::new(Mutex::new(Aggregator::new(config, stats.clone()))), stats, ingest, durable: None }
+    }
+
+    /// The state for `config`: restored from `data_dir` if set (blocking:
+    /// opens the WAL, loads the checkpoint, replays), else [`Shared::new`].
+    /// A corrupt checkpoint is an error naming the file.
+    pub fn open(config: Config) -> Result<Shared, String> {
+        Shared::open_with(config, durable::WalOptions::default())
+    }
+
+    /// [`Shared::open`] with WAL options (tests inject faults this way).
+    pub fn open_with(config: Config, options: durable::WalOptions) -> Result<Shared, String> {
+        if config.data_dir.is_none() {
+            return Ok(Shared::new(config));
+        }
+        let stats = Arc::new(stats::Stats::default());
+        let ingest = Arc::new(ingest::IngestControl::new(config.ingest_queue.max(1), config.overload_retry_after_ms));
+        let (aggregator, durable) = persist::Durable::open(config, stats.clone(), options)?;
+        Ok(Shared { aggregator: Arc::new(Mutex::new(aggregator)), stats, ingest, durable: Some(Arc::new(durable)) })
     }
 
     /// Applies the reloadable settings of `config` (blocklist, series
@@ -100,7 +124,8 @@ impl Shared {
 /// in-flight requests. Runs on the caller's tokio runtime.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     config.validate()?;
-    serve_shared(Shared::new(config), shutdown).await
+    let shared = tokio::task::spawn_blocking(move || Shared::open(config)).await.map_err(|e| e.to_string())??;
+    serve_shared(shared, shutdown).await
 }
 
 /// [`serve`] over state the caller keeps (to reload it, e.g. on SIGHUP).
@@ -123,7 +148,13 @@ async fn serve_on(
 ) -> Result<(), String> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = shared.aggregator.lock().config().interval();
-    let service = ingest::IngestService::new(shared.aggregator.clone(), shared.stats.clone(), shared.ingest.clone());
+    let service = ingest::IngestService::new(shared.aggregator.clone(), shared.stats.clone(), shared.ingest.clone())
+        .with_durable(shared.durable.clone());
+    let mut durable_tasks = Vec::new();
+    if let Some(d) = &shared.durable {
+        durable_tasks.push(tokio::spawn(d.clone().track_appends()));
+        durable_tasks.push(tokio::spawn(d.clone().checkpoint_loop(shared.aggregator.clone(), stop_rx.clone())));
+    }
     let grpc_server = tonic::transport::Server::builder()
         .layer(ingest::CountRefusalsLayer(shared.stats.clone()))
         .add_service(IngestServer::new(service).max_decoding_message_size(ingest::MAX_BATCH_BYTES));
@@ -147,14 +178,37 @@ async fn serve_on(
             .await
             .map_err(|e| format!("HTTP server: {e}"))
     });
+    let remote = {
+        let targets: Vec<_> = shared.aggregator.lock().config().remote_write.iter().map(|t| t.target()).collect();
+        remote_write::RemoteWriteSet::new(targets)?
+    };
+    shared.stats.set_remote_write_targets(remote.writers().iter().map(|w| (w.target().url.clone(), w.stats_handle())).collect());
     let aggregator = shared.aggregator.clone();
     let mut rx = stop_rx.clone();
+    let durable = shared.durable.clone();
     let maintenance = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        // Ticks just after each interval boundary (wall clock): maintenance,
+        // then the interval that just closed goes to every remote-write target.
+        let step = interval.as_millis().max(1) as u64;
+        let mut last_closed = unix_millis() / step;
         loop {
+            let now = unix_millis();
+            let next = (now / step + 1) * step;
             tokio::select! {
-                _ = tick.tick() => aggregator.lock().maintain(aggregate::unix_secs()),
-                _ = rx.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(Duration::from_millis(next - now + 5)) => {}
+                _ = rx.wait_for(|s| *s) => return remote,
+            }
+            {
+                let mut agg = aggregator.lock();
+                match &durable {
+                    Some(d) => d.maintain(&mut agg, aggregate::unix_secs()),
+                    None => agg.maintain(aggregate::unix_secs()),
+                }
+            }
+            let closed = unix_millis() / step;
+            if closed > last_closed {
+                last_closed = closed;
+                push_interval(&aggregator, &remote, (closed * step) as i64).await;
             }
         }
     });
@@ -167,8 +221,45 @@ async fn serve_on(
     let grace = Duration::from_millis(shared.aggregator.lock().config().shutdown_grace_ms);
     let grpc_result = finish_within(grpc_task, grace, "gRPC").await;
     let http_result = finish_within(http_task, grace, "HTTP").await;
-    let _ = maintenance.await;
+    if let Ok(remote) = maintenance.await {
+        if !remote.writers().is_empty() {
+            // What was merged since the last close (the SDKs' final flushes)
+            // goes out too, then the queues drain within the grace period.
+            push_interval(&shared.aggregator, &remote, unix_millis() as i64).await;
+            for t in remote.shutdown(grace).await {
+                if t.queue_len > 0 {
+                    tracing::warn!(url = %t.url, queued = t.queue_len, "remote-write: intervals still queued at shutdown, dropped");
+                }
+            }
+        }
+    }
+    if let Some(d) = &shared.durable {
+        // A clean stop leaves a fresh checkpoint: the next start replays nothing.
+        if let Err(e) = d.checkpoint(&shared.aggregator).await {
+            tracing::warn!("final checkpoint failed (the log is replayed at the next start): {e}");
+        }
+    }
+    for t in durable_tasks {
+        t.abort();
+    }
     grpc_result.and(http_result)
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+}
+
+/// Takes the rollups under the lock (clones), builds the interval ending at
+/// `end_ms` off it and queues it on every target.
+async fn push_interval(aggregator: &Arc<Mutex<Aggregator>>, remote: &remote_write::RemoteWriteSet, end_ms: i64) {
+    if remote.writers().is_empty() {
+        return;
+    }
+    let export = aggregator.lock().export(aggregate::unix_secs());
+    match tokio::task::spawn_blocking(move || export.into_interval(end_ms)).await {
+        Ok(interval) => remote.push(interval),
+        Err(e) => tracing::error!("remote-write: building the interval failed: {e}"),
+    }
 }
 
 async fn finish_within(task: tokio::task::JoinHandle<Result<(), String>>, grace: Duration, what: &str) -> Result<(), String> {
@@ -197,13 +288,19 @@ impl Collector {
     /// Binds the configured addresses (port 0 picks a free port) and starts
     /// serving in the background.
     pub fn start(config: Config) -> Result<Collector, String> {
+        Collector::start_with(config, durable::WalOptions::default())
+    }
+
+    /// [`Collector::start`] with WAL options (fault injection in tests);
+    /// they matter only with `data_dir`.
+    pub fn start_with(config: Config, options: durable::WalOptions) -> Result<Collector, String> {
         config.validate()?;
         let grpc = std::net::TcpListener::bind(config.grpc_listen).map_err(|e| format!("cannot bind gRPC {}: {e}", config.grpc_listen))?;
         let http = std::net::TcpListener::bind(config.http_listen).map_err(|e| format!("cannot bind HTTP {}: {e}", config.http_listen))?;
         let (grpc_addr, http_addr) = (grpc.local_addr().map_err(|e| e.to_string())?, http.local_addr().map_err(|e| e.to_string())?);
         grpc.set_nonblocking(true).map_err(|e| e.to_string())?;
         http.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let shared = Shared::new(config);
+        let shared = Shared::open_with(config, options)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("shoal-collector")

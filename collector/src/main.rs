@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 /// Exit status: bad command line or configuration (clap's usage errors too).
 const EXIT_CONFIG: u8 = 2;
-/// Exit status: could not serve (bind, runtime or server failure).
+/// Exit status: could not serve (bind, runtime, data dir or server failure).
 const EXIT_SERVE: u8 = 1;
 
 const AFTER_HELP: &str = "\
@@ -31,7 +31,7 @@ SIGINT and SIGTERM stop after draining in-flight requests.
 
 Exit status:
   0  stopped by SIGINT or SIGTERM
-  1  could not serve: a listen address cannot be bound, or a server failed
+  1  could not serve: a listen address cannot be bound, the data dir cannot be restored, or a server failed
   2  bad command line or configuration: nothing was started";
 
 /// Merges the deltas of shoal SDK instances into cluster rollups and serves
@@ -57,6 +57,14 @@ struct Args {
     /// Window of the quantiles on /metrics in seconds [default: 60].
     #[arg(long, value_name = "SECS", value_parser = at_least_one)]
     summary_window_secs: Option<u64>,
+    /// Remote-write endpoint to push every closed interval to (repeatable;
+    /// added to the `[[remote_write]]` tables, with their defaults).
+    #[arg(long = "remote-write", value_name = "URL")]
+    remote_write: Vec<String>,
+    /// Directory of the write-ahead log and checkpoints (durable collector)
+    /// [default: none, in memory only].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Format of the log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -87,6 +95,8 @@ struct Overrides {
     interval_secs: Option<u64>,
     retention_secs: Option<u64>,
     summary_window_secs: Option<u64>,
+    remote_write: Vec<String>,
+    data_dir: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -106,6 +116,10 @@ impl Overrides {
         if let Some(v) = self.summary_window_secs {
             config.summary_window_secs = v;
         }
+        if let Some(d) = &self.data_dir {
+            config.data_dir = Some(d.clone());
+        }
+        config.remote_write.extend(self.remote_write.iter().map(shoal_collector::config::RemoteWriteConfig::new));
     }
 
     /// `(config key, flag, value)` of each setting given on the command line.
@@ -121,6 +135,7 @@ impl Overrides {
         add("interval_secs", "--interval-secs", self.interval_secs.map(|v| v.to_string()));
         add("retention_secs", "--retention-secs", self.retention_secs.map(|v| v.to_string()));
         add("summary_window_secs", "--summary-window-secs", self.summary_window_secs.map(|v| v.to_string()));
+        add("data_dir", "--data-dir", self.data_dir.as_ref().map(|d| d.display().to_string()));
         given
     }
 
@@ -145,6 +160,8 @@ fn main() -> ExitCode {
         interval_secs: args.interval_secs,
         retention_secs: args.retention_secs,
         summary_window_secs: args.summary_window_secs,
+        remote_write: args.remote_write.clone(),
+        data_dir: args.data_dir.clone(),
     };
     let mut config = match &args.config {
         Some(path) => match Config::from_toml_file(path) {
@@ -161,7 +178,10 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fatal(format!("cannot start the runtime: {e}"), EXIT_SERVE),
     };
-    let shared = shoal_collector::Shared::new(config);
+    let shared = match shoal_collector::Shared::open(config) {
+        Ok(s) => s,
+        Err(e) => return fatal(e, EXIT_SERVE),
+    };
     let served = runtime.block_on(async {
         tokio::spawn(reload_on_sighup(shared.clone(), args.config.clone(), overrides));
         shoal_collector::serve_shared(shared, shutdown_signal()).await

@@ -21,8 +21,10 @@
 
 pub use crate::rejection::Rejection;
 use crate::rejection::REASONS;
+use crate::remote_write::{DropReason, TargetStats, TargetStatsSnapshot};
 use shoal_core::exposition::{format_value, TextWriter};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// A count in series-updates and in values.
 #[derive(Default, Debug)]
@@ -86,8 +88,24 @@ pub struct Stats {
     pub config_reloads: AtomicU64,
     /// Configuration reloads refused (the old settings stay).
     pub config_reload_errors: AtomicU64,
+    /// Rollup series removed after `series_expiry_secs` without an update.
+    pub series_expired: AtomicU64,
+    /// WAL appends that failed (I/O error, disk full): the batch was answered
+    /// `UNAVAILABLE`.
+    pub wal_write_errors: AtomicU64,
+    /// WAL records cut off at start (torn or corrupt).
+    pub wal_corrupt_records: AtomicU64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Batches answered `UNAVAILABLE` because the collector is degraded
+    /// (memory ahead of disk); not merged.
+    pub batches_unavailable: AtomicU64,
+    /// 1 while degraded: a WAL append failed and no checkpoint has covered it yet.
+    pub durable_degraded: AtomicU64,
     batches_rejected: [AtomicU64; REASONS],
     rejected: [Flow; REASONS],
+    /// Remote-write targets: URL and live counters.
+    remote_write: parking_lot::Mutex<Vec<(String, Arc<TargetStats>)>>,
 }
 
 impl Stats {
@@ -129,9 +147,84 @@ impl Stats {
         self.rejected.iter().map(Flow::values).fold(0, u64::wrapping_add)
     }
 
+    /// Sets the remote-write targets whose counters are exposed.
+    pub fn set_remote_write_targets(&self, targets: Vec<(String, Arc<TargetStats>)>) {
+        *self.remote_write.lock() = targets;
+    }
+
+    /// The counters of every remote-write target.
+    pub fn remote_write(&self) -> Vec<TargetStatsSnapshot> {
+        self.remote_write.lock().iter().map(|(url, s)| s.snapshot(url)).collect()
+    }
+
+    fn write_remote_write(&self, w: &mut TextWriter) {
+        let targets = self.remote_write();
+        if targets.is_empty() {
+            return;
+        }
+        let url = |t: &TargetStatsSnapshot| vec![("url".to_string(), t.url.clone())];
+        type Field = fn(&TargetStatsSnapshot) -> u64;
+        let counters: [(&str, Field, &str); 6] = [
+            ("samples_sent", |t| t.samples_sent, "Float samples delivered to the target"),
+            ("histograms_sent", |t| t.histograms_sent, "Native histogram samples delivered to the target"),
+            ("requests_sent", |t| t.requests_sent, "Remote-write requests delivered"),
+            ("bytes_sent", |t| t.bytes_sent, "Compressed bytes delivered"),
+            ("requests_failed", |t| t.requests_failed, "Attempts that failed (connection error, timeout, non-2xx)"),
+            ("retries", |t| t.retries, "Attempts that were retries"),
+        ];
+        for (what, field, help) in counters {
+            let name = format!("shoal_collector_remote_write_{what}_total");
+            w.family(&name, "counter", help);
+            for t in &targets {
+                w.sample(&name, &url(t), None, &field(t).to_string());
+            }
+        }
+        type DroppedField = fn(&crate::remote_write::sender::Dropped) -> u64;
+        let dropped: [(&str, DroppedField, &str); 2] = [
+            ("samples", |d| d.samples, "Samples (float + native histogram) dropped, by reason"),
+            ("batches", |d| d.batches, "Intervals (queue_full, encode) or requests (status_NNN) dropped, by reason"),
+        ];
+        for (what, field, help) in dropped {
+            let name = format!("shoal_collector_remote_write_dropped_{what}_total");
+            w.family(&name, "counter", help);
+            for t in &targets {
+                let mut reasons = t.dropped.clone();
+                reasons.entry(DropReason::QueueFull).or_default();
+                reasons.entry(DropReason::Encode).or_default();
+                for (reason, d) in reasons {
+                    let mut labels = url(t);
+                    labels.push(("reason".into(), reason.label()));
+                    w.sample(&name, &labels, None, &field(&d).to_string());
+                }
+            }
+        }
+        w.family("shoal_collector_remote_write_queue_length", "gauge", "Intervals queued for the target (the one being sent included)");
+        for t in &targets {
+            w.sample("shoal_collector_remote_write_queue_length", &url(t), None, &t.queue_len.to_string());
+        }
+        let name = "shoal_collector_remote_write_last_success_timestamp_seconds";
+        w.family(name, "gauge", "Unix time of the last delivered request (0: none yet)");
+        for t in &targets {
+            w.sample(name, &url(t), None, &format_value(t.last_success_unix_ms.unwrap_or(0) as f64 / 1e3));
+        }
+    }
+
     /// Writes the self-metrics.
     pub fn write(&self, w: &mut TextWriter, series: usize, instances: usize) {
-        let counters: [(&str, &AtomicU64, &str); 9] = [
+        let counters: [(&str, &AtomicU64, &str); 14] = [
+            (
+                "shoal_collector_series_expired_total",
+                &self.series_expired,
+                "Rollup series removed after series_expiry_secs without an update",
+            ),
+            ("shoal_collector_wal_write_errors_total", &self.wal_write_errors, "WAL appends that failed (I/O error, disk full)"),
+            ("shoal_collector_wal_corrupt_records_total", &self.wal_corrupt_records, "WAL records cut off at start (torn or corrupt)"),
+            ("shoal_collector_checkpoints_total", &self.checkpoints, "Checkpoints written"),
+            (
+                "shoal_collector_batches_unavailable_total",
+                &self.batches_unavailable,
+                "Batches answered UNAVAILABLE while degraded (not merged; the SDK resends)",
+            ),
             ("shoal_collector_batches_received_total", &self.batches_received, "Batches received, whatever their outcome"),
             ("shoal_collector_batches_merged_total", &self.batches_merged, "Batches merged into the rollups"),
             (
@@ -202,9 +295,12 @@ impl Stats {
         w.sample("shoal_collector_ingest_queue_depth", &[], None, &self.ingest_queue_depth.load(Relaxed).to_string());
         w.family("shoal_collector_ingest_queue_peak", "gauge", "Highest ingest queue depth seen");
         w.sample("shoal_collector_ingest_queue_peak", &[], None, &self.ingest_queue_peak.load(Relaxed).to_string());
+        w.family("shoal_collector_durable_degraded", "gauge", "1 while a failed WAL write is not yet covered by a checkpoint");
+        w.sample("shoal_collector_durable_degraded", &[], None, &self.durable_degraded.load(Relaxed).to_string());
         w.family("shoal_collector_series", "gauge", "Rollup series held");
         w.sample("shoal_collector_series", &[], None, &series.to_string());
         w.family("shoal_collector_instances", "gauge", "Instances known (seen within the expiry)");
         w.sample("shoal_collector_instances", &[], None, &instances.to_string());
+        self.write_remote_write(w);
     }
 }

@@ -14,9 +14,13 @@ use shoal_core::Sketch;
 use shoal_proto as pb;
 use shoal_proto::convert::{labels_from_proto, sketch_from_proto, DecodeError};
 use shoal_proto::limits::{
-    check_series, truncate, MAX_BATCH_BUCKETS, MAX_BATCH_KEY_BYTES, MAX_BATCH_SERIES, MAX_INSTANCE_ID, MAX_INSTANCE_LABEL_BYTES,
+    check_series, truncate, truncate_utf8, MAX_BATCH_BUCKETS, MAX_BATCH_KEY_BYTES, MAX_BATCH_SERIES, MAX_HELP, MAX_INSTANCE_ID,
+    MAX_INSTANCE_LABEL_BYTES, MAX_UNIT,
 };
 use std::collections::HashSet;
+
+/// Name and labels of a defined series, or why it is refused.
+pub type DefinedSeries = Result<(String, Vec<(String, String)>), Refused>;
 
 /// A series definition, checked on its own.
 #[derive(Debug)]
@@ -24,7 +28,7 @@ pub struct Definition {
     /// The ref it binds.
     pub r#ref: u32,
     /// Name and labels, or why the series is refused.
-    pub series: Result<(String, Vec<(String, String)>), Refused>,
+    pub series: DefinedSeries,
 }
 
 /// What one series-update carries, once checked.
@@ -78,6 +82,18 @@ pub struct ValidBatch {
     pub definitions: Vec<Definition>,
     /// Counters, then gauges, then histograms, as in the request.
     pub updates: Vec<Update>,
+    /// HELP text and unit per metric name, from valid definitions that
+    /// carry one, truncated to `MAX_HELP` / `MAX_UNIT` bytes.
+    pub descriptions: Vec<(String, Description)>,
+}
+
+/// HELP text and unit of a metric name, as the SDK described it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Description {
+    /// HELP text (may be empty when only a unit was given).
+    pub help: String,
+    /// Unit (`seconds`, `bytes`).
+    pub unit: Option<String>,
 }
 
 fn invalid(message: String) -> Refused {
@@ -125,6 +141,7 @@ pub fn batch(req: &pb::FlushRequest) -> Result<ValidBatch, Refused> {
     let mut key_bytes = 0usize;
     let mut defined = HashSet::with_capacity(req.definitions.len());
     let mut definitions = Vec::with_capacity(req.definitions.len());
+    let mut descriptions = Vec::new();
     for d in &req.definitions {
         key_bytes += d.name.len() + d.labels.iter().map(|l| l.key.len() + l.value.len()).sum::<usize>() + instance_label_bytes;
         if key_bytes > MAX_BATCH_KEY_BYTES {
@@ -136,6 +153,11 @@ pub fn batch(req: &pb::FlushRequest) -> Result<ValidBatch, Refused> {
         let series = check_series(&d.name, d.labels.iter().map(|l| (l.key.as_str(), l.value.as_str())))
             .map(|()| (d.name.clone(), labels_from_proto(&d.labels)))
             .map_err(|r| Refused::new(Rejection::InvalidSeries, format!("ref {}: {r}", d.r#ref)));
+        if series.is_ok() && !(d.help.is_empty() && d.unit.is_empty()) {
+            let help = truncate_utf8(&d.help, MAX_HELP).to_string();
+            let unit = (!d.unit.is_empty()).then(|| truncate_utf8(&d.unit, MAX_UNIT).to_string());
+            descriptions.push((d.name.clone(), Description { help, unit }));
+        }
         definitions.push(Definition { r#ref: d.r#ref, series });
     }
     let mut used = HashSet::with_capacity(updates);
@@ -173,6 +195,7 @@ pub fn batch(req: &pb::FlushRequest) -> Result<ValidBatch, Refused> {
         instance_labels: labels_from_proto(&req.instance_labels),
         definitions,
         updates: out,
+        descriptions,
     })
 }
 
@@ -201,7 +224,7 @@ mod tests {
         pb::FlushRequest {
             instance_id: "i".into(),
             sequence: 1,
-            definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "a".into(), labels: vec![] }],
+            definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "a".into(), labels: vec![], ..Default::default() }],
             counters: vec![pb::CounterDelta { r#ref: 1, delta: 1 }],
             ..Default::default()
         }
@@ -214,7 +237,8 @@ mod tests {
         let r = batch(&pb::FlushRequest { instance_labels: big_labels.clone(), ..ok() }).unwrap_err();
         assert!(r.message.contains("instance_labels"), "{}", r.message);
         // Four 1000-byte instance labels copied into 20,000 definitions: 80 MB of keys from a ~200 kB batch.
-        let definitions = (0..20_000).map(|r| pb::SeriesDefinition { r#ref: r, name: "a".into(), labels: vec![] }).collect();
+        let definitions =
+            (0..20_000).map(|r| pb::SeriesDefinition { r#ref: r, name: "a".into(), labels: vec![], ..Default::default() }).collect();
         let r = batch(&pb::FlushRequest { instance_labels: big_labels[..4].to_vec(), definitions, counters: vec![], ..ok() }).unwrap_err();
         assert!(r.message.contains("expand"), "{}", r.message);
         let r = batch(&pb::FlushRequest { instance_id: "a\nb".into(), ..ok() }).unwrap_err();
@@ -233,11 +257,21 @@ mod tests {
     fn a_bad_series_is_refused_alone() {
         let req = pb::FlushRequest {
             definitions: vec![
-                pb::SeriesDefinition { r#ref: 1, name: "ok_total".into(), labels: vec![] },
-                pb::SeriesDefinition { r#ref: 2, name: "x".into(), labels: vec![pb::Label { key: "big".into(), value: "v".repeat(2000) }] },
-                pb::SeriesDefinition { r#ref: 3, name: "n".repeat(300), labels: vec![] },
-                pb::SeriesDefinition { r#ref: 4, name: "g".into(), labels: vec![pb::Label { key: "__x".into(), value: "1".into() }] },
-                pb::SeriesDefinition { r#ref: 5, name: "h".into(), labels: vec![] },
+                pb::SeriesDefinition { r#ref: 1, name: "ok_total".into(), labels: vec![], ..Default::default() },
+                pb::SeriesDefinition {
+                    r#ref: 2,
+                    name: "x".into(),
+                    labels: vec![pb::Label { key: "big".into(), value: "v".repeat(2000) }],
+                    ..Default::default()
+                },
+                pb::SeriesDefinition { r#ref: 3, name: "n".repeat(300), labels: vec![], ..Default::default() },
+                pb::SeriesDefinition {
+                    r#ref: 4,
+                    name: "g".into(),
+                    labels: vec![pb::Label { key: "__x".into(), value: "1".into() }],
+                    ..Default::default()
+                },
+                pb::SeriesDefinition { r#ref: 5, name: "h".into(), labels: vec![], ..Default::default() },
             ],
             counters: vec![pb::CounterDelta { r#ref: 1, delta: 5 }, pb::CounterDelta { r#ref: 2, delta: 7 }],
             gauges: vec![pb::GaugeValue { r#ref: 4, value: f64::NAN }],

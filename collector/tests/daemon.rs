@@ -30,8 +30,8 @@ fn batch(sequence: u64) -> pb::FlushRequest {
         instance_id: "daemon-test".into(),
         sequence,
         definitions: vec![
-            pb::SeriesDefinition { r#ref: 1, name: "a_total".into(), labels: vec![] },
-            pb::SeriesDefinition { r#ref: 2, name: "b_total".into(), labels: vec![] },
+            pb::SeriesDefinition { r#ref: 1, name: "a_total".into(), labels: vec![], ..Default::default() },
+            pb::SeriesDefinition { r#ref: 2, name: "b_total".into(), labels: vec![], ..Default::default() },
         ],
         counters: vec![pb::CounterDelta { r#ref: 1, delta: 1 }, pb::CounterDelta { r#ref: 2, delta: 1 }],
         ..Default::default()

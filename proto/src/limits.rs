@@ -16,6 +16,24 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_LABEL_KEY: usize = 128;
 /// Longest label value, in bytes.
 pub const MAX_LABEL_VALUE: usize = 1024;
+/// Most bytes of a metric's HELP text kept by a collector (longer text is
+/// truncated at a character boundary, not refused).
+pub const MAX_HELP: usize = 1024;
+/// Most bytes of a metric's unit kept by a collector (longer is truncated).
+pub const MAX_UNIT: usize = 64;
+
+/// Truncates `text` to at most `max` bytes, at a character boundary.
+pub fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Most labels on a series, and on an instance.
 pub const MAX_LABELS: usize = 32;
 /// Most bytes of instance labels (keys and values) on a batch: they are

@@ -31,4 +31,9 @@ impl DeltaSource for Inner {
     fn take_deltas(&self) -> Deltas {
         Inner::take_deltas(self)
     }
+
+    fn describe(&self, name: &str) -> Option<(String, Option<String>)> {
+        let d = self.registry.descriptions.read().get(name).cloned()?;
+        Some((d.text, d.unit.map(|u| u.as_str().to_string())))
+    }
 }

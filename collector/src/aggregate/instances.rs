@@ -29,11 +29,22 @@ pub(crate) struct Instance {
     pub(crate) accepted: usize,
     pub(crate) gauges: HashMap<Arc<SeriesKey>, f64>,
     pub(crate) last_seen_secs: u64,
+    /// Durable mode: the WAL ticket of its last merged batch (not
+    /// persisted: everything restored is durable, ticket 0).
+    pub(crate) ticket: u64,
 }
 
 impl Instance {
     pub(crate) fn new(now: u64) -> Instance {
-        Instance { labels: Vec::new(), last_sequence: 0, refs: HashMap::new(), accepted: 0, gauges: HashMap::new(), last_seen_secs: now }
+        Instance {
+            labels: Vec::new(),
+            last_sequence: 0,
+            refs: HashMap::new(),
+            accepted: 0,
+            gauges: HashMap::new(),
+            last_seen_secs: now,
+            ticket: 0,
+        }
     }
 }
 

@@ -24,8 +24,10 @@
 //! refs, bounded by [`admission::Limits::refused_refs`].
 
 pub mod admission;
+pub mod export;
 pub mod instances;
 pub mod rollup;
+pub mod snapshot;
 
 pub use self::admission::Limits;
 pub use self::rollup::{merge_bounded, Point, MAX_ROLLUP_SPAN};
@@ -37,7 +39,7 @@ use self::rollup::{series_entry, Series};
 use crate::config::Config;
 use crate::rejection::{Refused, Rejection};
 use crate::stats::Stats;
-use crate::validate::{self, ValidBatch, Value};
+use crate::validate::{self, Description, ValidBatch, Value};
 use shoal_core::{Blocklist, SeriesKey, Sketch};
 use shoal_proto as pb;
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +79,9 @@ pub struct Aggregator {
     series: HashMap<Arc<SeriesKey>, Series>,
     kinds_by_name: HashMap<String, Kind>,
     series_per_name: HashMap<String, usize>,
+    /// HELP and unit per metric name, only for names with rollup series
+    /// (bounded like them), the latest one sent.
+    descriptions: HashMap<String, Description>,
     blocklist: Blocklist,
     stats: Arc<Stats>,
 }
@@ -104,6 +109,9 @@ pub struct SeriesView {
     pub gauge: Option<f64>,
     /// Histogram: merged sketch over the summary window.
     pub window: Option<Sketch>,
+    /// Histogram: every sample since the series began, merged (filled by
+    /// [`Aggregator::export`] only).
+    pub cumulative: Option<Sketch>,
 }
 
 /// Per-reason tallies of the series rejected in one batch.
@@ -136,6 +144,7 @@ impl Aggregator {
             instances: HashMap::new(),
             series: HashMap::new(),
             kinds_by_name: HashMap::new(),
+            descriptions: HashMap::new(),
             stats,
         }
     }
@@ -165,6 +174,11 @@ impl Aggregator {
         self.blocklist = config.compiled_blocklist()?;
         self.config = config;
         Ok(ignored)
+    }
+
+    /// HELP text and unit of a metric name, when its SDKs described it.
+    pub fn description(&self, name: &str) -> Option<&Description> {
+        self.descriptions.get(name)
     }
 
     /// Number of rollup series.
@@ -276,20 +290,25 @@ impl Aggregator {
         for (name, n) in admission.new_per_name {
             *self.series_per_name.entry(name).or_insert(0) += n;
         }
+        for (name, d) in batch.descriptions {
+            if self.kinds_by_name.contains_key(&name) {
+                self.descriptions.insert(name, d);
+            }
+        }
         let (mut merged_updates, mut merged_values) = (0u64, 0u64);
         for (key, value) in accepted {
             merged_updates += 1;
             match value {
                 Value::Counter(delta) => {
-                    series_entry(&mut self.series, key, Kind::Counter).add_counter(interval, delta);
+                    series_entry(&mut self.series, key, Kind::Counter, now).add_counter(interval, delta);
                     merged_values = merged_values.wrapping_add(delta);
                 }
                 Value::Histogram(sketch) => {
                     merged_values = merged_values.wrapping_add(sketch.count());
-                    series_entry(&mut self.series, key, Kind::Histogram).add_histogram(interval, sketch);
+                    series_entry(&mut self.series, key, Kind::Histogram, now).add_histogram(interval, sketch);
                 }
                 Value::Gauge(v) => {
-                    series_entry(&mut self.series, key.clone(), Kind::Gauge);
+                    series_entry(&mut self.series, key.clone(), Kind::Gauge, now);
                     instance.gauges.insert(key, v);
                 }
             }
@@ -305,7 +324,11 @@ impl Aggregator {
         Ok(Outcome::Merged(rejected.list))
     }
 
-    /// Drops points older than the retention and instances silent past expiry.
+    /// Drops points older than the retention, instances silent past
+    /// expiry, and series not updated for `series_expiry_secs` (refs to an
+    /// expired series stay valid: the next update creates it again). A
+    /// function of the state and `now` only, so that a replay of the WAL,
+    /// which calls it with the logged `now`, does what it did live.
     pub fn maintain(&mut self, now: u64) {
         let oldest_interval = now.saturating_sub(self.config.retention_secs) / self.config.interval_secs;
         for s in self.series.values_mut() {
@@ -313,10 +336,77 @@ impl Aggregator {
         }
         let expiry = self.config.instance_expiry_secs;
         self.instances.retain(|_, i| now.saturating_sub(i.last_seen_secs) < expiry);
+        let series_expiry = self.config.series_expiry_secs;
+        if series_expiry > 0 {
+            let before = self.series.len();
+            let (per_name, kinds, descriptions) = (&mut self.series_per_name, &mut self.kinds_by_name, &mut self.descriptions);
+            self.series.retain(|_, s| {
+                if now.saturating_sub(s.last_update) < series_expiry {
+                    return true;
+                }
+                let name = s.key.name();
+                if let Some(n) = per_name.get_mut(name) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_name.remove(name);
+                        kinds.remove(name);
+                        descriptions.remove(name);
+                    }
+                }
+                false
+            });
+            let expired = before - self.series.len();
+            if expired > 0 {
+                self.stats.series_expired.fetch_add(expired as u64, Relaxed);
+                // A gauge value of an expired series must not come back if
+                // the series is created again.
+                let series = &self.series;
+                for i in self.instances.values_mut() {
+                    i.gauges.retain(|k, _| series.contains_key(k));
+                }
+            }
+        }
+    }
+
+    /// Durable mode: the WAL ticket of the instance's last merged batch (0:
+    /// unknown or restored, hence durable).
+    pub fn instance_ticket(&self, instance_id: &str) -> u64 {
+        self.instances.get(instance_id).map_or(0, |i| i.ticket)
+    }
+
+    /// Durable mode: records the ticket of the batch just merged.
+    pub fn set_instance_ticket(&mut self, instance_id: &str, ticket: u64) {
+        if let Some(i) = self.instances.get_mut(instance_id) {
+            i.ticket = ticket;
+        }
+    }
+
+    /// Counts into `stats` from now on (a replay counts into scratch stats).
+    pub fn set_stats(&mut self, stats: Arc<Stats>) {
+        self.stats = stats;
     }
 
     /// Every rollup series as of `now`, sorted by canonical key.
     pub fn views(&self, now: u64) -> Vec<SeriesView> {
+        self.views_with(now, false)
+    }
+
+    /// What a closed interval pushes to remote-write targets, as of `now`:
+    /// the views with their cumulative sketches and the settings needed to
+    /// turn them into an [`crate::remote_write::Interval`] off the lock
+    /// ([`export::Export::into_interval`]).
+    pub fn export(&self, now: u64) -> export::Export {
+        let views = self.views_with(now, true);
+        let mut descriptions = HashMap::new();
+        for v in &views {
+            if let Some(d) = self.descriptions.get(v.key.name()) {
+                descriptions.entry(v.key.name().to_string()).or_insert_with(|| d.clone());
+            }
+        }
+        export::Export { views, quantiles: self.config.quantiles.clone(), descriptions }
+    }
+
+    fn views_with(&self, now: u64, cumulative: bool) -> Vec<SeriesView> {
         let window_start = now.saturating_sub(self.config.summary_window_secs) / self.config.interval_secs;
         let stale_after = self.config.gauge_stale_intervals * self.config.interval_secs;
         let mut gauge_values: HashMap<&Arc<SeriesKey>, Vec<f64>> = HashMap::new();
@@ -348,7 +438,8 @@ impl Aggregator {
                     }
                     merged.unwrap_or_default()
                 });
-                Some(SeriesView { key: s.key.clone(), kind: s.kind, total: s.total, sum: s.sum, gauge, window })
+                let cumulative = if cumulative { s.cumulative.clone() } else { None };
+                Some(SeriesView { key: s.key.clone(), kind: s.kind, total: s.total, sum: s.sum, gauge, window, cumulative })
             })
             .collect();
         views.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
@@ -394,6 +485,7 @@ mod tests {
             r#ref: r,
             name: name.into(),
             labels: labels.iter().map(|(k, v)| pb::Label { key: k.to_string(), value: v.to_string() }).collect(),
+            ..Default::default()
         }
     }
 
@@ -538,6 +630,89 @@ mod tests {
         assert!(matches!(a.apply(&batch("i", 2, vec![], &[(7, 3)]), unix_secs()).unwrap(), Outcome::UnknownRefs(_)));
         assert_eq!((a.stats.merged.values(), a.stats.duplicate.values(), a.stats.unknown_refs.values()), (10, 10, 3));
         assert_conserved(&a.stats);
+    }
+
+    #[test]
+    fn descriptions_are_kept_per_admitted_name_truncated_and_exposed() {
+        let mut a = agg(|c| c.blocklist = vec!["blocked".into()]);
+        let described =
+            |r, name: &str, help: &str, unit: &str| pb::SeriesDefinition { help: help.into(), unit: unit.into(), ..def(r, name, &[]) };
+        let long = "h".repeat(shoal_proto::limits::MAX_HELP + 10);
+        let defs = vec![
+            described(1, "req_total", "Requests\nserved", "requests"),
+            described(2, "blocked", "x", ""),
+            described(3, "lat", &long, ""),
+        ];
+        a.apply(&batch("i", 1, defs, &[(1, 1), (2, 1), (3, 1)]), unix_secs()).unwrap();
+        let d = a.description("req_total").unwrap();
+        assert_eq!((d.help.as_str(), d.unit.as_deref()), ("Requests\nserved", Some("requests")));
+        assert!(a.description("blocked").is_none(), "only names with rollup series");
+        assert_eq!(a.description("lat").unwrap().help.len(), shoal_proto::limits::MAX_HELP, "truncated, not refused");
+        let text = crate::http::render(&a, &a.stats);
+        assert!(text.contains("# HELP req_total Requests\\nserved (unit: requests)\n"), "{text}");
+        let interval = a.export(unix_secs()).into_interval(1);
+        let s = interval.series.iter().find(|s| s.name == "req_total").unwrap();
+        assert_eq!((s.help.as_deref(), s.unit.as_deref()), (Some("Requests\nserved"), Some("requests")));
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_cumulative_sketches_and_descriptions() {
+        // Native histograms and HELP must survive a restart from a checkpoint
+        // (the WAL replay covers only what came after it).
+        let mut a = agg(|c| c.series_expiry_secs = 0);
+        let now = unix_secs();
+        let mut sketch = Sketch::default();
+        [1.0, 2.0, 40.0].iter().for_each(|v| sketch.record(*v).unwrap());
+        let defs = vec![
+            pb::SeriesDefinition { help: "Requests.".into(), ..def(1, "req_total", &[]) },
+            pb::SeriesDefinition { help: "Latency.".into(), unit: "seconds".into(), ..def(2, "lat_seconds", &[]) },
+        ];
+        let mut b = batch("i", 1, defs, &[(1, 5)]);
+        b.histograms = vec![pb::HistogramDelta { r#ref: 2, sketch: Some(shoal_proto::convert::sketch_to_proto(&sketch)) }];
+        a.apply(&b, now - 3600).unwrap();
+        a.maintain(now); // the first interval's points leave the retention
+        let restored = Aggregator::restore(a.config.clone(), Arc::new(Stats::default()), a.snapshot()).unwrap();
+        let summary = |agg: &Aggregator| -> Vec<_> {
+            agg.export(now)
+                .views
+                .iter()
+                .map(|v| (v.key.canonical().to_string(), v.total, v.cumulative.as_ref().map(shoal_proto::convert::sketch_to_proto)))
+                .collect()
+        };
+        let before = summary(&a);
+        assert!(before.iter().any(|(k, t, c)| k == "lat_seconds" && *t == 3 && c.is_some()), "{before:?}");
+        assert_eq!(summary(&restored), before);
+        let d = restored.description("lat_seconds").unwrap();
+        assert_eq!((d.help.as_str(), d.unit.as_deref()), ("Latency.", Some("seconds")));
+        assert_eq!(restored.description("req_total").unwrap().help, "Requests.");
+    }
+
+    #[test]
+    fn an_export_carries_cumulative_totals_and_native_buckets() {
+        use crate::remote_write::ExportValue;
+        let mut a = agg(|c| c.quantiles = vec![0.5]);
+        let now = unix_secs();
+        let sketch = |values: &[f64]| {
+            let mut s = Sketch::default();
+            values.iter().for_each(|v| s.record(*v).unwrap());
+            pb::HistogramDelta { r#ref: 2, sketch: Some(shoal_proto::convert::sketch_to_proto(&s)) }
+        };
+        let mut b = batch("i", 1, vec![def(1, "req", &[("quantile", "x")]), def(2, "lat", &[])], &[(1, 5)]);
+        b.histograms = vec![sketch(&[1.0, 2.0])];
+        a.apply(&b, now - 20).unwrap();
+        let mut b = batch("i", 2, vec![], &[(1, 7)]);
+        b.histograms = vec![sketch(&[3.0])];
+        a.apply(&b, now).unwrap();
+        let interval = a.export(now).into_interval(1234);
+        assert_eq!(interval.end_ms, 1234);
+        let req = interval.series.iter().find(|s| s.name == "req").unwrap();
+        assert_eq!(req.value, ExportValue::Counter(12));
+        assert_eq!(req.labels, vec![("quantile".to_string(), "x".to_string())], "only summaries rename `quantile`");
+        let ExportValue::Histogram(h) = &interval.series.iter().find(|s| s.name == "lat").unwrap().value else { panic!() };
+        assert_eq!((h.count, h.sum), (3, 6.0));
+        let native = h.native.as_ref().unwrap();
+        assert_eq!(native.positive.iter().map(|(_, n)| n).sum::<u64>(), 3, "cumulative buckets, every interval");
+        assert_eq!(h.quantiles.len(), 1);
     }
 
     #[test]

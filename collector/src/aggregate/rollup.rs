@@ -25,6 +25,12 @@ pub(crate) struct Series {
     pub(crate) sum: f64,
     /// (interval index, point), ascending.
     pub(crate) points: VecDeque<(u64, Point)>,
+    /// Histogram: every sample since the series began, merged (bounded like
+    /// a point): the cumulative buckets that native histograms carry.
+    pub(crate) cumulative: Option<Sketch>,
+    /// When it was last updated (Unix seconds, the merge's `now`): a series
+    /// silent past `series_expiry_secs` is removed.
+    pub(crate) last_update: u64,
 }
 
 impl Series {
@@ -42,6 +48,7 @@ impl Series {
         self.total = self.total.saturating_add(sketch.count());
         self.sum += sketch.sum();
         let scale = sketch.scale();
+        merge_bounded(self.cumulative.get_or_insert_with(|| Sketch::with_scale(scale)), sketch.clone());
         match point_at(&mut self.points, interval, || Point::Histogram(Sketch::with_scale(scale))) {
             Point::Histogram(p) => merge_bounded(p, sketch),
             Point::Counter(_) => unreachable!("a series has one kind (admission checks it)"),
@@ -91,8 +98,19 @@ pub fn merge_bounded(point: &mut Sketch, mut incoming: Sketch) {
     point.merge(&incoming);
 }
 
-pub(crate) fn series_entry(series: &mut HashMap<Arc<SeriesKey>, Series>, key: Arc<SeriesKey>, kind: Kind) -> &mut Series {
-    series.entry(key.clone()).or_insert_with(|| Series { key, kind, total: 0, sum: 0.0, points: VecDeque::new() })
+/// The series of `key`, created if needed, marked as updated at `now`.
+pub(crate) fn series_entry(series: &mut HashMap<Arc<SeriesKey>, Series>, key: Arc<SeriesKey>, kind: Kind, now: u64) -> &mut Series {
+    let s = series.entry(key.clone()).or_insert_with(|| Series {
+        key,
+        kind,
+        total: 0,
+        sum: 0.0,
+        points: VecDeque::new(),
+        cumulative: None,
+        last_update: now,
+    });
+    s.last_update = s.last_update.max(now);
+    s
 }
 
 fn point_at(points: &mut VecDeque<(u64, Point)>, interval: u64, make: impl FnOnce() -> Point) -> &mut Point {

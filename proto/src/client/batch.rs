@@ -118,20 +118,37 @@ pub fn split(deltas: Deltas, limits: &SplitLimits, instance_label_bytes: usize) 
     parts
 }
 
+/// What [`encode`] asks for a metric's HELP text and unit
+/// ([`super::DeltaSource::describe`]).
+pub type Describe<'a> = &'a dyn Fn(&str) -> Option<(String, Option<String>)>;
+
 /// The request of `batch`, defining every ref the collector does not know,
 /// and the refs it uses. Series travel under their exposed key
-/// ([`SeriesKey::exposed`]): Prometheus-valid names and label keys.
-pub fn encode(batch: &Batch, refs: &mut RefTable, identity: &Identity) -> (pb::FlushRequest, Vec<u32>) {
+/// ([`SeriesKey::exposed`]): Prometheus-valid names and label keys. The
+/// first definition of each metric name in the request carries its HELP
+/// text and unit from `describe` (truncated to [`limits::MAX_HELP`] and
+/// [`limits::MAX_UNIT`]), so they cost at most that per name and batch.
+pub fn encode(batch: &Batch, refs: &mut RefTable, identity: &Identity, describe: Describe<'_>) -> (pb::FlushRequest, Vec<u32>) {
     let mut definitions = Vec::new();
     let mut used = Vec::with_capacity(batch.deltas.series_updates());
+    let mut described = std::collections::HashSet::new();
     let mut define = |key: &SeriesKey| -> u32 {
         let r = refs.ref_of(key.canonical());
         if !refs.is_known(r) {
             let exposed = key.exposed();
+            let (help, unit) = match described.insert(exposed.name().to_string()) {
+                true => describe(key.name()).map_or((String::new(), String::new()), |(help, unit)| {
+                    let unit = unit.unwrap_or_default();
+                    (limits::truncate_utf8(&help, limits::MAX_HELP).to_string(), limits::truncate_utf8(&unit, limits::MAX_UNIT).to_string())
+                }),
+                false => (String::new(), String::new()),
+            };
             definitions.push(pb::SeriesDefinition {
                 r#ref: r,
                 name: exposed.name().to_string(),
                 labels: labels_to_proto(exposed.labels()),
+                help,
+                unit,
             });
         }
         used.push(r);
@@ -195,7 +212,7 @@ mod tests {
         let mut refs = RefTable::default();
         for (i, deltas) in parts.into_iter().enumerate() {
             let batch = Batch { sequence: i as u64 + 1, start_nanos: 0, end_nanos: 1, deltas };
-            let (request, used) = encode(&batch, &mut refs, &identity);
+            let (request, used) = encode(&batch, &mut refs, &identity, &|_| None);
             let series = request.counters.len() + request.gauges.len() + request.histograms.len();
             assert!(series <= limits.series);
             assert_eq!(request.definitions.len(), used.len(), "nothing known yet: every ref defined");
@@ -216,7 +233,7 @@ mod tests {
             let buckets: usize = deltas.histograms.iter().map(|h| h.sketch.positive().len()).sum();
             assert!(buckets <= 1_000 || deltas.series_updates() == 1);
             let batch = Batch { sequence: i as u64 + 1, start_nanos: 0, end_nanos: 1, deltas: deltas.clone() };
-            let bytes = encode(&batch, &mut RefTable::default(), &identity).0.encoded_len();
+            let bytes = encode(&batch, &mut RefTable::default(), &identity, &|_| None).0.encoded_len();
             assert!(bytes <= 20_000 || deltas.series_updates() == 1, "part {i}: {bytes}");
         }
         assert_eq!(parts.iter().map(|p| p.values()).sum::<u64>(), whole.values());
@@ -233,13 +250,27 @@ mod tests {
             end_nanos: 1,
             deltas: Deltas { counters: vec![CounterDelta { key: k, delta: 2 }], ..Default::default() },
         };
-        let (request, used) = encode(&batch, &mut refs, &identity);
+        let (request, used) = encode(&batch, &mut refs, &identity, &|_| None);
         assert_eq!(request.definitions[0].name, "http_requests");
         assert_eq!(request.definitions[0].labels[0].key, "a_b");
         refs.mark_known(used);
-        let (request, _) = encode(&batch, &mut refs, &identity);
+        let (request, _) = encode(&batch, &mut refs, &identity, &|_| None);
         assert!(request.definitions.is_empty());
         assert_eq!(request.counters[0].delta, 2);
         assert_eq!(split(Deltas::default(), &SplitLimits::default(), 0).len(), 1, "an empty batch still polls");
+    }
+
+    #[test]
+    fn help_and_unit_travel_once_per_name_and_are_truncated() {
+        let identity = Identity { instance_id: "i".into(), labels: vec![] };
+        let counters = (0..3).map(|i| CounterDelta { key: key("http.req", i), delta: 1 }).collect();
+        let batch = Batch { sequence: 1, start_nanos: 0, end_nanos: 1, deltas: Deltas { counters, ..Default::default() } };
+        let long = "é".repeat(crate::limits::MAX_HELP);
+        let describe = |name: &str| (name == "http.req").then(|| (long.clone(), Some("seconds".to_string())));
+        let (request, _) = encode(&batch, &mut RefTable::default(), &identity, &describe);
+        assert_eq!(request.definitions.len(), 3);
+        assert_eq!(request.definitions[0].unit, "seconds");
+        assert_eq!(request.definitions[0].help.len(), crate::limits::MAX_HELP, "truncated at a char boundary");
+        assert!(request.definitions[1..].iter().all(|d| d.help.is_empty() && d.unit.is_empty()));
     }
 }

@@ -58,6 +58,13 @@ pub trait DeltaSource: Send + Sync + 'static {
     /// Everything recorded since the previous call. Called only by the
     /// client's thread.
     fn take_deltas(&self) -> Deltas;
+
+    /// HELP text and unit of the metric `name` (as recorded, before
+    /// sanitising), sent with its series definitions. None by default.
+    fn describe(&self, name: &str) -> Option<(String, Option<String>)> {
+        let _ = name;
+        None
+    }
 }
 
 /// Settings of a flush client.
@@ -424,7 +431,7 @@ impl State {
         self.seal();
         for _attempt in 0..2 {
             let Some(batch) = self.pending.sealed.front() else { return SendOutcome::Acknowledged };
-            let (request, refs_in_batch) = batch::encode(batch, &mut self.refs, &self.identity);
+            let (request, refs_in_batch) = batch::encode(batch, &mut self.refs, &self.identity, &|name| self.source.describe(name));
             let sequence = batch.sequence;
             let updates = batch.deltas.series_updates() as u64;
             let stats = self.stats.clone();

@@ -1,0 +1,460 @@
+//! Remote-write against real receivers: Prometheus 2.42 (native histograms)
+//! and VictoriaMetrics 1.79 (summaries), started here on 127.0.0.1 with
+//! temporary storage and killed by pid; plus tiny in-test receivers for the
+//! retry rules (500 then 204, 429 with Retry-After, 400).
+//!
+//! The real servers are required: a missing binary fails the test.
+
+use rand::{Rng, SeedableRng};
+use shoal_collector::remote_write::{
+    decode_request, DropReason, ExportHistogram, ExportSeries, ExportValue, HistogramMode, Interval, RemoteWriteTarget, RemoteWriter,
+};
+use shoal_core::Sketch;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const QS: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("shoal-rw-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A receiver process, killed (by its pid) and reaped on drop, also when a
+/// test panics. Declared before its `TempDir` so it dies first.
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(binary: &str, tag: &str, args: impl Fn(&Path, u16) -> Vec<String>, ready_path: &str) -> Server {
+        let path = find_binary(binary);
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let log = dir.0.join("server.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&path)
+            .args(args(&dir.0, port))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+        let server = Server { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if ureq::get(format!("{}{ready_path}", server.base)).call().is_ok() {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "{binary} not ready after 60 s; log:\n{}", server.log_tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// The single value of an instant PromQL / MetricsQL query at `time_ms`.
+    fn query(&self, query: &str, time_ms: i64) -> Option<f64> {
+        let time = format!("{:.3}", time_ms as f64 / 1000.0);
+        let body = ureq::get(format!("{}/api/v1/query", self.base))
+            .query("query", query)
+            .query("time", &time)
+            .call()
+            .unwrap_or_else(|e| panic!("query {query}: {e}; log:\n{}", self.log_tail()))
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{query}: {body}");
+        let result = v["data"]["result"].as_array().unwrap();
+        assert!(result.len() <= 1, "{query}: {body}");
+        result.first().map(|r| r["value"][1].as_str().unwrap().parse::<f64>().unwrap())
+    }
+
+    /// Polls `query` until it answers (bounded).
+    fn query_eventually(&self, query: &str, time_ms: i64, before: impl Fn()) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            before();
+            if let Some(v) = self.query(query, time_ms) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{query}: no result after 30 s; log:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn find_binary(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` not found: install it (Debian: apt-get install prometheus victoria-metrics); this test does not skip")
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Log-normal samples (Box-Muller), seeded.
+fn lognormal(rng: &mut impl Rng, mu: f64, sigma: f64) -> f64 {
+    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.gen_range(0.0..1.0);
+    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    (mu + sigma * z).exp()
+}
+
+/// Nearest-rank quantile of sorted samples.
+fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn within(actual: f64, expected: f64, tolerance: f64) -> bool {
+    ((actual - expected) / expected).abs() <= tolerance
+}
+
+/// Intervals of a multi-instance workload: four instances with different
+/// latency distributions merge into one cumulative cluster sketch; a counter
+/// with a large exact total grows by a large step per interval.
+struct Workload {
+    intervals: Vec<Interval>,
+    raw: Vec<f64>,
+    counter_total: u64,
+}
+
+fn workload(histogram: &str, counter: &str, first_end_ms: i64) -> Workload {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let mut cluster = Sketch::default();
+    let mut raw = Vec::new();
+    let mut intervals = Vec::new();
+    let mut total: u64 = 9_007_198_000_000_001;
+    for k in 0..3 {
+        for (instance, mu) in [-4.0, -3.5, -3.0, -2.0].into_iter().enumerate() {
+            let mut sketch = Sketch::default();
+            for _ in 0..4000 + 1000 * instance {
+                let v = lognormal(&mut rng, mu, 0.6);
+                sketch.record(v).unwrap();
+                raw.push(v);
+            }
+            cluster.merge(&sketch);
+        }
+        total += 123_456_789 + k;
+        let labels = vec![("cluster".to_string(), "eu".to_string())];
+        intervals.push(Interval {
+            end_ms: first_end_ms + 10_000 * k as i64,
+            series: vec![
+                ExportSeries {
+                    name: counter.into(),
+                    labels: labels.clone(),
+                    help: Some("Requests served.".into()),
+                    unit: None,
+                    value: ExportValue::Counter(total),
+                },
+                ExportSeries {
+                    name: histogram.into(),
+                    labels,
+                    help: Some("Request latency.".into()),
+                    unit: Some("seconds".into()),
+                    value: ExportValue::Histogram(ExportHistogram::from_sketch(&cluster, &QS)),
+                },
+            ],
+        });
+    }
+    raw.sort_by(f64::total_cmp);
+    assert!(total < 1 << 53, "exact in a double");
+    Workload { intervals, raw, counter_total: total }
+}
+
+fn push_all(rt: &tokio::runtime::Runtime, target: RemoteWriteTarget, intervals: &[Interval]) -> RemoteWriter {
+    let _guard = rt.enter();
+    let writer = RemoteWriter::new(target).unwrap();
+    for i in intervals {
+        writer.push(i.clone());
+    }
+    assert!(rt.block_on(writer.wait_idle(Duration::from_secs(30))), "not delivered: {:?}", writer.stats());
+    writer
+}
+
+#[test]
+fn prometheus_native_histograms_quantiles_and_exact_counters() {
+    let prom = Server::start(
+        "prometheus",
+        "prom",
+        |dir, port| {
+            let config = dir.join("prometheus.yml");
+            std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
+            vec![
+                format!("--config.file={}", config.display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--web.enable-remote-write-receiver".into(),
+                "--enable-feature=native-histograms".into(),
+            ]
+        },
+        "/-/ready",
+    );
+    let w = workload("rw_latency_seconds", "rw_requests", now_ms() - 60_000);
+    let rt = runtime();
+    let mut target = RemoteWriteTarget::new(format!("{}/api/v1/write", prom.base));
+    target.histograms = HistogramMode::Native;
+    let writer = push_all(&rt, target, &w.intervals);
+    let stats = writer.stats();
+    assert_eq!((stats.requests_sent, stats.samples_sent, stats.histograms_sent), (3, 3, 3), "{stats:?}");
+    assert_eq!(stats.requests_failed, 0);
+    assert!(stats.dropped.is_empty());
+    assert!(stats.last_success_unix_ms.is_some());
+
+    let at = w.intervals.last().unwrap().end_ms;
+    let total = prom.query_eventually("sum(rw_requests_total)", at, || {});
+    assert_eq!(total, w.counter_total as f64);
+    assert_eq!(total as u64, w.counter_total);
+    for q in QS {
+        let got = prom.query_eventually(&format!("histogram_quantile({q}, sum(rw_latency_seconds))"), at, || {});
+        let exact = exact_quantile(&w.raw, q);
+        eprintln!("prometheus histogram_quantile({q}) = {got}, exact {exact}, error {:+.3}%", (got / exact - 1.0) * 100.0);
+        assert!(within(got, exact, 0.01), "q {q}: prometheus {got} vs exact {exact}");
+    }
+    let count = prom.query_eventually("histogram_count(sum(rw_latency_seconds))", at, || {});
+    assert_eq!(count, w.raw.len() as f64);
+}
+
+#[test]
+fn victoria_metrics_summaries_and_exact_counters() {
+    let vm = Server::start(
+        "victoria-metrics",
+        "vm",
+        |dir, port| {
+            vec![
+                format!("-httpListenAddr=127.0.0.1:{port}"),
+                format!("-storageDataPath={}", dir.join("data").display()),
+                "-search.latencyOffset=1s".into(),
+            ]
+        },
+        "/health",
+    );
+    let w = workload("vm_latency_seconds", "vm_requests_total", now_ms() - 60_000);
+    let rt = runtime();
+    let writer = push_all(&rt, RemoteWriteTarget::new(format!("{}/api/v1/write", vm.base)), &w.intervals);
+    let stats = writer.stats();
+    // Per interval: counter + 4 quantiles + _sum + _count.
+    assert_eq!((stats.requests_sent, stats.samples_sent, stats.histograms_sent), (3, 21, 0), "{stats:?}");
+
+    let flush = || {
+        ureq::get(format!("{}/internal/force_flush", vm.base)).call().unwrap();
+    };
+    let at = w.intervals.last().unwrap().end_ms;
+    let total = vm.query_eventually("sum(vm_requests_total)", at, flush);
+    assert_eq!(total as u64, w.counter_total);
+    let ExportValue::Histogram(sent) = &w.intervals.last().unwrap().series[1].value else { unreachable!() };
+    for &(q, sent_value) in &sent.quantiles {
+        let got = vm.query_eventually(&format!("vm_latency_seconds{{quantile=\"{q}\"}}"), at, flush);
+        // VictoriaMetrics stores decimals of ~12 significant digits.
+        assert!(within(got, sent_value, 1e-9), "q {q}: vm {got} vs sent {sent_value}");
+        let exact = exact_quantile(&w.raw, q);
+        assert!(within(got, exact, 0.01), "q {q}: vm {got} vs exact {exact}");
+    }
+    let count = vm.query_eventually("vm_latency_seconds_count", at, flush);
+    assert_eq!(count, w.raw.len() as f64);
+
+    // Known behaviour: a native histogram is accepted (204) and silently dropped.
+    let mut native = RemoteWriteTarget::new(format!("{}/api/v1/write", vm.base));
+    native.histograms = HistogramMode::Native;
+    let only_hist =
+        Interval { end_ms: at, series: vec![ExportSeries { name: "vm_native_seconds".into(), ..w.intervals[2].series[1].clone() }] };
+    let writer = push_all(&rt, native, &[only_hist]);
+    assert_eq!((writer.stats().requests_sent, writer.stats().histograms_sent), (1, 1));
+    flush();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(vm.query("count({__name__=~\"vm_native_seconds.*\"})", at), None);
+}
+
+/// What an in-test receiver saw.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A raw HTTP/1.1 receiver on an ephemeral port: the n-th request gets the
+/// n-th canned response (the last one repeats). Keep-alive is honoured.
+fn receiver(responses: Vec<&'static str>) -> (String, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let log = log.clone();
+            let responses = responses.clone();
+            std::thread::spawn(move || serve_connection(stream, &log, &responses));
+        }
+    });
+    (url, seen)
+}
+
+fn serve_connection(stream: TcpStream, log: &Mutex<Vec<Received>>, responses: &[&str]) {
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let len: usize = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let n = {
+            let mut log = log.lock().unwrap();
+            log.push(Received { headers, body });
+            log.len()
+        };
+        let response = responses[(n - 1).min(responses.len() - 1)];
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+const R500: &str = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops";
+const R204: &str = "HTTP/1.1 204 No Content\r\n\r\n";
+const R400: &str = "HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nout of order";
+const R429: &str = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
+
+fn small_interval(end_ms: i64, total: u64) -> Interval {
+    Interval {
+        end_ms,
+        series: vec![ExportSeries { name: "jobs".into(), labels: vec![], help: None, unit: None, value: ExportValue::Counter(total) }],
+    }
+}
+
+fn fast_retries(url: &str) -> RemoteWriteTarget {
+    let mut t = RemoteWriteTarget::new(url);
+    t.retry.min_backoff = Duration::from_millis(10);
+    t.retry.max_backoff = Duration::from_millis(100);
+    t.timeout = Duration::from_secs(5);
+    t
+}
+
+#[test]
+fn server_errors_are_retried_and_the_interval_is_delivered_once() {
+    let (url, seen) = receiver(vec![R500, R500, R204]);
+    let dir = TempDir::new("token");
+    let token = dir.0.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let mut target = fast_retries(&url);
+    target.bearer_token_file = Some(token);
+    target.headers.insert("X-Scope-OrgID".into(), "tenant-7".into());
+    let rt = runtime();
+    let writer = push_all(&rt, target, &[small_interval(1_000, 41), small_interval(2_000, 42)]);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "two failures, then each interval once");
+    assert_eq!(seen[0].body, seen[1].body);
+    assert_eq!(seen[1].body, seen[2].body);
+    let first = decode_request(&seen[2].body).unwrap();
+    let second = decode_request(&seen[3].body).unwrap();
+    assert_eq!(first.timeseries[0].samples[0].value, 41.0, "in order");
+    assert_eq!(second.timeseries[0].samples[0].value, 42.0);
+    assert_eq!(first.timeseries[0].labels[0].value, "jobs_total");
+    let r = &seen[0];
+    assert_eq!(r.header("content-encoding"), Some("snappy"));
+    assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(r.header("x-prometheus-remote-write-version"), Some("0.1.0"));
+    assert!(r.header("user-agent").unwrap().starts_with("shoal-collector/"));
+    assert_eq!(r.header("authorization"), Some("Bearer s3cret"));
+    assert_eq!(r.header("x-scope-orgid"), Some("tenant-7"));
+    let s = writer.stats();
+    assert_eq!((s.requests_sent, s.requests_failed, s.retries, s.samples_sent, s.queue_len), (2, 2, 2, 2, 0));
+    assert!(s.dropped.is_empty());
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let (url, seen) = receiver(vec![R429, R204]);
+    let rt = runtime();
+    let started = Instant::now();
+    let writer = push_all(&rt, fast_retries(&url), &[small_interval(1_000, 1)]);
+    assert!(started.elapsed() >= Duration::from_millis(950), "waited {:?}", started.elapsed());
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!((writer.stats().retries, writer.stats().requests_sent), (1, 1));
+}
+
+#[test]
+fn client_errors_are_dropped_counted_and_not_retried() {
+    let (url, seen) = receiver(vec![R400]);
+    let rt = runtime();
+    let writer = push_all(&rt, fast_retries(&url), &[small_interval(1_000, 5)]);
+    // Give a retry loop every chance to show itself.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(seen.lock().unwrap().len(), 1, "exactly one request");
+    let s = writer.stats();
+    assert_eq!((s.requests_sent, s.requests_failed, s.retries, s.queue_len), (0, 1, 0, 0));
+    let dropped = s.dropped.get(&DropReason::Status(400)).copied().unwrap();
+    assert_eq!((dropped.batches, dropped.samples), (1, 1));
+    assert_eq!(s.dropped.len(), 1);
+}

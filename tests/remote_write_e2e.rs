@@ -1,0 +1,304 @@
+//! Remote-write end to end (nothing mocked but one flaky receiver): real SDK
+//! instances flush to a collector configured with three `[[remote_write]]`
+//! targets, and every closed interval reaches
+//! - a real Prometheus 2.42 (`--enable-feature=native-histograms`, target
+//!   `histograms = "native"`): `histogram_quantile(q, sum(name))` within 1%
+//!   of the exact quantile of every raw sample, `sum(name_total)` exact;
+//! - a real VictoriaMetrics 1.79 (default `summary` target): `sum(..._total)`
+//!   exact, `name{quantile="0.99"}` within 1%;
+//! - a receiver that answers 500 before it recovers: every interval it
+//!   acknowledged arrived once, in order, and the last one has everything.
+//!
+//! The HELP text given with `describe_counter!` shows on the collector's
+//! `/metrics`, in `/api/v1/series` and in the remote-write metadata.
+//! Servers are killed by pid when the test ends, also when it fails. Fails,
+//! never skips, when `prometheus` or `victoria-metrics` is missing.
+
+mod common;
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use shoal_collector::config::RemoteWriteConfig;
+use shoal_collector::remote_write::{decode_request, HistogramMode};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const INSTANCES: usize = 3;
+const SAMPLES: usize = 30_000;
+const QS: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+const COUNTER: &str = "rwe2e_requests_total";
+const HISTOGRAM: &str = "rwe2e_latency_seconds";
+const HELP: &str = "Requests served by the checkout service";
+
+/// A receiver process, killed by pid and reaped on drop.
+struct Server {
+    child: Child,
+    base: String,
+    _dir: TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(tool: &str, args: impl Fn(&std::path::Path, std::net::SocketAddr) -> Vec<String>, ready: &str) -> Server {
+        let path = require_tool(tool);
+        let dir = TempDir::new(&format!("shoal-rwe2e-{tool}"));
+        let addr = free_addr();
+        let log = std::fs::File::create(dir.0.join("server.log")).unwrap();
+        let child = Command::new(&path)
+            .args(args(&dir.0, addr))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+        let server = Server { child, base: format!("http://{addr}"), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ureq::get(format!("{}{ready}", server.base)).call().is_err() {
+            assert!(Instant::now() < deadline, "{tool} not ready after 60 s: {}", server.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("server.log")).unwrap_or_default()
+    }
+
+    /// The value of a one-series instant query, None while there is none.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let body = ureq::get(format!("{}/api/v1/query", self.base))
+            .query("query", promql)
+            .call()
+            .unwrap_or_else(|e| panic!("query {promql}: {e}"))
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{promql}: {body}");
+        let result = v["data"]["result"].as_array().unwrap();
+        assert!(result.len() <= 1, "{promql}: {body}");
+        result.first().map(|r| r["value"][1].as_str().unwrap().parse().unwrap())
+    }
+
+    /// Polls until `promql` answers `accept`able value (bounded).
+    fn query_until(&self, promql: &str, before: impl Fn(), accept: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = None;
+        while Instant::now() < deadline {
+            before();
+            last = self.query(promql);
+            if let Some(v) = last.filter(|v| accept(*v)) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{promql}: last answer {last:?} after 30 s; log:\n{}", self.log());
+    }
+}
+
+/// Every request a raw receiver got, with the status it answered.
+type Seen = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
+
+/// A raw HTTP/1.1 receiver: the first `failures` requests get 500, the
+/// others 204. Keeps every request with the status it got.
+fn flaky_receiver(failures: usize) -> (String, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let log = log.clone();
+            std::thread::spawn(move || serve(stream, &log, failures));
+        }
+    });
+    (url, seen)
+}
+
+fn serve(stream: TcpStream, log: &Mutex<Vec<(u16, Vec<u8>)>>, failures: usize) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let status = {
+            let mut log = log.lock().unwrap();
+            let status = if log.len() < failures { 500 } else { 204 };
+            log.push((status, body));
+            status
+        };
+        let response = match status {
+            500 => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops",
+            _ => "HTTP/1.1 204 No Content\r\n\r\n",
+        };
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn within(actual: f64, expected: f64, tolerance: f64) -> bool {
+    ((actual - expected) / expected).abs() <= tolerance
+}
+
+#[test]
+fn closed_intervals_reach_prometheus_victoria_metrics_and_a_flaky_receiver() {
+    let prometheus = Server::start(
+        "prometheus",
+        |dir, addr| {
+            let config = dir.join("prometheus.yml");
+            std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
+            vec![
+                format!("--config.file={}", config.display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address={addr}"),
+                "--web.enable-remote-write-receiver".into(),
+                "--enable-feature=native-histograms".into(),
+            ]
+        },
+        "/-/ready",
+    );
+    let vm = Server::start(
+        "victoria-metrics",
+        |dir, addr| {
+            vec![
+                format!("-httpListenAddr={addr}"),
+                format!("-storageDataPath={}", dir.join("data").display()),
+                "-search.latencyOffset=1s".into(),
+            ]
+        },
+        "/health",
+    );
+    let (flaky_url, flaky) = flaky_receiver(3);
+    let collector = start_collector(None, |c| {
+        c.interval_secs = 1;
+        let mut native = RemoteWriteConfig::new(format!("{}/api/v1/write", prometheus.base));
+        native.histograms = HistogramMode::Native;
+        c.remote_write = vec![native, RemoteWriteConfig::new(format!("{}/api/v1/write", vm.base)), RemoteWriteConfig::new(&flaky_url)];
+    });
+    let shoals: Vec<shoal::Shoal> = (0..INSTANCES)
+        .map(|_| {
+            shoal::Shoal::builder()
+                .service("checkout")
+                .collector(collector.grpc_url())
+                .flush_interval(Duration::from_millis(200))
+                .build()
+                .unwrap()
+        })
+        .collect();
+
+    // Instance i is 10^i times slower: no instance's percentiles describe the cluster.
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut raw = Vec::with_capacity(INSTANCES * SAMPLES);
+    for (i, shoal) in shoals.iter().enumerate() {
+        metrics::with_local_recorder(shoal, || {
+            metrics::describe_counter!(COUNTER, HELP);
+            metrics::describe_histogram!(HISTOGRAM, metrics::Unit::Seconds, "Time to serve a request");
+            let counter = metrics::counter!(COUNTER);
+            let latency = metrics::histogram!(HISTOGRAM);
+            for _ in 0..SAMPLES {
+                let v = 10f64.powi(i as i32) * 1e-3 * (-rng.gen::<f64>().ln()).max(1e-6);
+                counter.increment(1);
+                latency.record(v);
+                raw.push(v);
+            }
+        });
+    }
+    for shoal in &shoals {
+        shoal.flush().expect("flush to a running collector");
+    }
+    raw.sort_by(f64::total_cmp);
+    let total = (INSTANCES * SAMPLES) as f64;
+
+    // HELP from describe_counter! on the collector's /metrics and JSON API.
+    let exposed = scrape(&collector);
+    assert!(exposed.contains(&format!("# HELP {COUNTER} {HELP}\n")), "{exposed}");
+    assert!(exposed.contains(&format!("# HELP {HISTOGRAM} Time to serve a request (unit: seconds)\n")), "{exposed}");
+    let series = http_get(&format!("http://{}/api/v1/series?name={COUNTER}", collector.http_addr()));
+    let series: serde_json::Value = serde_json::from_str(&series).unwrap();
+    assert_eq!(series["series"][0]["help"], HELP, "{series}");
+
+    // Prometheus, native histograms: exact total, quantiles of all raw samples within 1%.
+    let got = prometheus.query_until(&format!("sum({COUNTER})"), || {}, |v| v == total);
+    assert_eq!(got, total);
+    prometheus.query_until(&format!("histogram_count(sum({HISTOGRAM}))"), || {}, |v| v == total);
+    for q in QS {
+        let got = prometheus.query(&format!("histogram_quantile({q}, sum({HISTOGRAM}))")).unwrap();
+        let exact = exact_quantile(&raw, q);
+        eprintln!("prometheus histogram_quantile({q}) = {got}, exact {exact}, error {:+.3}%", (got / exact - 1.0) * 100.0);
+        assert!(within(got, exact, 0.01), "q {q}: prometheus {got} vs exact {exact}");
+    }
+
+    // VictoriaMetrics, summaries (the default): exact total, p99 within 1%.
+    let flush = || {
+        let _ = ureq::get(format!("{}/internal/force_flush", vm.base)).call();
+    };
+    let got = vm.query_until(&format!("sum({COUNTER})"), flush, |v| v == total);
+    assert_eq!(got, total);
+    vm.query_until(&format!("sum({HISTOGRAM}_count)"), flush, |v| v == total);
+    let p99 = vm.query(&format!("{HISTOGRAM}{{quantile=\"0.99\"}}")).unwrap();
+    let exact = exact_quantile(&raw, 0.99);
+    assert!(within(p99, exact, 0.01), "victoria-metrics p99 {p99} vs exact {exact}");
+
+    // Self-metrics per target.
+    let exposed = scrape(&collector);
+    let sent = |url: &str| sample(&exposed, &format!("shoal_collector_remote_write_samples_sent_total{{url=\"{url}\"}}"));
+    assert!(sent(&format!("{}/api/v1/write", vm.base)).unwrap() > 0.0, "{exposed}");
+    let histograms = format!("shoal_collector_remote_write_histograms_sent_total{{url=\"{}/api/v1/write\"}}", prometheus.base);
+    assert!(sample(&exposed, &histograms).unwrap() > 0.0, "{exposed}");
+
+    // The flaky receiver: retried through the 500s, then every acknowledged
+    // interval once, in order, the last one with the whole total.
+    let acknowledged_total = || {
+        let seen = flaky.lock().unwrap();
+        let delivered: Vec<_> = seen.iter().filter(|(s, _)| *s == 204).map(|(_, b)| decode_request(b).unwrap()).collect();
+        let ends: Vec<i64> = delivered.iter().filter_map(|r| r.timeseries.first()?.samples.first().map(|s| s.timestamp)).collect();
+        assert!(ends.windows(2).all(|w| w[0] < w[1]), "acknowledged intervals in order, none twice: {ends:?}");
+        let last = delivered.last()?;
+        let counter = last.timeseries.iter().find(|t| t.labels.iter().any(|l| l.name == "__name__" && l.value == COUNTER))?;
+        let help = last.metadata.iter().find(|m| m.metric_family_name == COUNTER).map(|m| m.help.clone());
+        assert_eq!(help.as_deref(), Some(HELP), "HELP in the remote-write metadata");
+        Some(counter.samples[0].value).filter(|v| *v == total)
+    };
+    wait_for(Duration::from_secs(30), acknowledged_total).expect("the flaky receiver gets the whole total");
+    assert!(flaky.lock().unwrap().iter().filter(|(s, _)| *s == 500).count() == 3);
+    let retried = sample(&scrape(&collector), &format!("shoal_collector_remote_write_retries_total{{url=\"{flaky_url}\"}}"));
+    assert!(retried.unwrap() >= 3.0);
+
+    for shoal in &shoals {
+        shoal.shutdown().unwrap();
+    }
+    collector.shutdown().unwrap();
+}

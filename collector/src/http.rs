@@ -1,11 +1,13 @@
-//! HTTP: `/metrics` (Prometheus text exposition of the cluster rollups),
-//! `/healthz`, and the JSON query API under `/api/v1/`.
+//! HTTP: `/metrics` (Prometheus exposition of the cluster rollups: text, or
+//! protobuf with native histograms when asked, see [`crate::scrape`]; gzip
+//! when accepted), `/healthz`, and the JSON query API under `/api/v1/`.
 
 use crate::aggregate::{unix_secs, Aggregator, Kind, Point};
 use crate::config::GaugeRule;
+use crate::scrape::{self, Format};
 use crate::stats::Stats;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -32,7 +34,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Renders the cluster rollups and the collector's self-metrics.
+/// Renders the cluster rollups and the collector's self-metrics in the text
+/// format. (The protobuf answer is [`crate::scrape::render_protobuf`]; see
+/// [`crate::scrape`] for what each carries.)
 pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
     let now = unix_secs();
     let views = aggregator.views(now);
@@ -44,19 +48,16 @@ pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
     let mut w = TextWriter::default();
     for (name, views) in families {
         let kind = views[0].kind;
-        // The SDKs' description (and unit) when they gave one, else what the rollup is.
-        let described = aggregator.description(views[0].key.name());
-        let help = |fallback: &str| help_text(described.map(|d| d.help.as_str()), described.and_then(|d| d.unit.as_deref()), fallback);
+        let help = family_help(aggregator, views[0].key.name(), kind, false);
         match kind {
             Kind::Counter => {
-                w.family(&name, "counter", &help("cluster total merged by shoal-collector"));
+                w.family(&name, "counter", &help);
                 for v in views {
                     w.sample(&name, v.key.labels(), None, &v.total.to_string());
                 }
             }
             Kind::Gauge => {
-                let rule = aggregator.config().gauge_rule(views[0].key.name());
-                w.family(&name, "gauge", &help(&format!("cluster gauge rolled up by {} over live instances", rule_name(rule))));
+                w.family(&name, "gauge", &help);
                 for v in views {
                     if let Some(g) = v.gauge {
                         w.sample(&name, v.key.labels(), None, &format_value(g));
@@ -64,12 +65,7 @@ pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
                 }
             }
             Kind::Histogram => {
-                let window = aggregator.config().summary_window_secs;
-                w.family(
-                    &name,
-                    "summary",
-                    &help(&format!("cluster quantiles over the last {window}s from merged sketches; _sum and _count cumulative")),
-                );
+                w.family(&name, "summary", &help);
                 for v in views {
                     let sketch = v.window.unwrap_or_default();
                     let labels = summary_labels(v.key.labels());
@@ -87,6 +83,25 @@ pub fn render(aggregator: &Aggregator, stats: &Stats) -> String {
     w.finish()
 }
 
+/// HELP of the family of metric `name`: the SDKs' description (and unit)
+/// when they gave one, else what the rollup is. `native`: a histogram goes
+/// out with native buckets (protobuf), not as a summary.
+pub(crate) fn family_help(aggregator: &Aggregator, name: &str, kind: Kind, native: bool) -> String {
+    let described = aggregator.description(name);
+    let fallback = match kind {
+        Kind::Counter => "cluster total merged by shoal-collector".to_string(),
+        Kind::Gauge => {
+            format!("cluster gauge rolled up by {} over live instances", rule_name(aggregator.config().gauge_rule(name)))
+        }
+        Kind::Histogram if native => "cluster histogram from merged sketches, every sample since the series began".to_string(),
+        Kind::Histogram => format!(
+            "cluster quantiles over the last {}s from merged sketches; _sum and _count cumulative",
+            aggregator.config().summary_window_secs
+        ),
+    };
+    help_text(described.map(|d| d.help.as_str()), described.and_then(|d| d.unit.as_deref()), &fallback)
+}
+
 /// The rule as the config spells it.
 fn rule_name(rule: GaugeRule) -> &'static str {
     match rule {
@@ -97,12 +112,35 @@ fn rule_name(rule: GaugeRule) -> &'static str {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let text = {
-        let agg = state.aggregator.lock();
-        render(&agg, &state.stats)
+/// All values of header `name`, joined by `,` (one list, RFC 9110 5.3);
+/// values that are not visible ASCII are left out.
+fn header_list(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// `/metrics`: the text format, or the protobuf one when the `Accept`
+/// header prefers it ([`scrape::format`]); gzipped when `Accept-Encoding`
+/// allows it ([`scrape::accepts_gzip`]).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let format = scrape::format(header_list(&headers, header::ACCEPT).as_deref());
+    let body = match format {
+        Format::Text => {
+            let agg = state.aggregator.lock();
+            render(&agg, &state.stats).into_bytes()
+        }
+        Format::Protobuf => scrape::render_protobuf(&state.aggregator, &state.stats),
     };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    response_headers.insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    let body = if scrape::accepts_gzip(header_list(&headers, header::ACCEPT_ENCODING).as_deref()) {
+        response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        scrape::gzip(&body)
+    } else {
+        body
+    };
+    (response_headers, body).into_response()
 }
 
 #[derive(Deserialize)]

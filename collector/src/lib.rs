@@ -28,6 +28,7 @@ pub mod ingest;
 pub mod persist;
 pub mod rejection;
 pub mod remote_write;
+pub mod scrape;
 pub mod stats;
 pub mod validate;
 

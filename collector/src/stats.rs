@@ -22,7 +22,8 @@
 pub use crate::rejection::Rejection;
 use crate::rejection::REASONS;
 use crate::remote_write::{DropReason, TargetStats, TargetStatsSnapshot};
-use shoal_core::exposition::{format_value, TextWriter};
+use crate::scrape::MetricWriter;
+use shoal_core::exposition::format_value;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -157,7 +158,7 @@ impl Stats {
         self.remote_write.lock().iter().map(|(url, s)| s.snapshot(url)).collect()
     }
 
-    fn write_remote_write(&self, w: &mut TextWriter) {
+    fn write_remote_write(&self, w: &mut impl MetricWriter) {
         let targets = self.remote_write();
         if targets.is_empty() {
             return;
@@ -210,7 +211,7 @@ impl Stats {
     }
 
     /// Writes the self-metrics.
-    pub fn write(&self, w: &mut TextWriter, series: usize, instances: usize) {
+    pub fn write(&self, w: &mut impl MetricWriter, series: usize, instances: usize) {
         let counters: [(&str, &AtomicU64, &str); 14] = [
             (
                 "shoal_collector_series_expired_total",

@@ -26,7 +26,9 @@
 //!   sketch) goes out as a `SUMMARY` there too, like remote-write does;
 //! - the collector's self-metrics: their types (`COUNTER`, `GAUGE`).
 //!
-//! No sample carries a timestamp (the scrape's time applies).
+//! No sample carries a timestamp (the scrape's time applies). A family
+//! without series is left out of the protobuf answer (text keeps its HELP
+//! and TYPE lines).
 
 pub mod negotiate;
 pub mod proto;
@@ -148,7 +150,8 @@ pub fn histogram_message(h: &ExportHistogram) -> Option<proto::Histogram> {
 }
 
 /// The families of `/metrics` in protobuf: the cluster rollups (sorted by
-/// name, as in text), then the self-metrics. Taken under the aggregator's
+/// name, as in text), then the self-metrics; families without series are
+/// left out. Taken under the aggregator's
 /// lock (the cumulative sketches are cloned there, as for remote-write).
 pub fn families(aggregator: &Mutex<Aggregator>, stats: &Stats) -> Vec<MetricFamily> {
     let (mut out, series, instances) = {
@@ -158,6 +161,10 @@ pub fn families(aggregator: &Mutex<Aggregator>, stats: &Stats) -> Vec<MetricFami
     let mut w = FamilyWriter::default();
     stats.write(&mut w, series, instances);
     out.extend(w.finish());
+    // A family without series (a gauge no live instance reports, remote-write
+    // counters without targets) is left out, as the Go client library does;
+    // the text format keeps its HELP and TYPE lines.
+    out.retain(|f| !f.metric.is_empty());
     out
 }
 
@@ -413,6 +420,12 @@ mod tests {
                 (name.to_string(), kind.to_string())
             })
             .collect();
+        // Text keeps HELP and TYPE of families without samples; protobuf leaves them out.
+        let typed: Vec<(String, String)> = typed
+            .into_iter()
+            .filter(|(name, _)| text.lines().any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))))
+            .collect();
+        assert!(typed.len() > 10, "{typed:?}");
         let from_proto: Vec<(String, String)> = families
             .iter()
             .map(|f| {

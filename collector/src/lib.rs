@@ -12,7 +12,8 @@
 //! service, the bounded queue, refusals before decoding) -> [`validate`] (a
 //! [`validate::ValidBatch`] or a typed refusal of the whole batch) ->
 //! [`aggregate`] (instances and dedup, admission and limits, rollups) ->
-//! `http` (exposition and queries). Beside them: [`rejection`] (why things
+//! `http` (exposition and queries; [`scrape`] the protobuf answer with native
+//! histograms and the content negotiation). Beside them: [`rejection`] (why things
 //! are refused), [`stats`] (self-metrics), [`config`] (settings, TOML).
 //!
 //! The collector is built on `shoal-core` and `shoal-proto` only, never on

@@ -180,10 +180,24 @@ async fn serve_on(
             .await
             .map_err(|e| format!("HTTP server: {e}"))
     });
-    let remote = {
-        let targets: Vec<_> = shared.aggregator.lock().config().remote_write.iter().map(|t| t.target()).collect();
-        remote_write::RemoteWriteSet::new(targets)?
+    let (targets, data_dir) = {
+        let agg = shared.aggregator.lock();
+        (agg.config().remote_write.iter().map(|t| t.target()).collect::<Vec<_>>(), agg.config().data_dir.clone())
     };
+    // Durable queues with a durable collector (`Shared::new` is in memory whatever `data_dir` says).
+    let data_dir = data_dir.filter(|_| shared.durable.is_some() && !targets.is_empty());
+    let durable_queues = data_dir.is_some();
+    let remote = match data_dir {
+        None => remote_write::RemoteWriteSet::new(targets)?,
+        // Durable queues: what was queued before the restart goes first.
+        Some(dir) => {
+            let storages = tokio::task::spawn_blocking(move || remote_write::disk_queue::open_all(&dir, targets))
+                .await
+                .map_err(|e| format!("remote-write: opening the queues failed: {e}"))?;
+            remote_write::RemoteWriteSet::with_storage(storages)?
+        }
+    };
+    let remote = Arc::new(remote);
     shared.stats.set_remote_write_targets(remote.writers().iter().map(|w| (w.target().url.clone(), w.stats_handle())).collect());
     let aggregator = shared.aggregator.clone();
     let mut rx = stop_rx.clone();
@@ -228,8 +242,15 @@ async fn serve_on(
             // What was merged since the last close (the SDKs' final flushes)
             // goes out too, then the queues drain within the grace period.
             push_interval(&shared.aggregator, &remote, unix_millis() as i64).await;
-            for t in remote.shutdown(grace).await {
-                if t.queue_len > 0 {
+            // Every push has finished: the set is ours alone again.
+            let stats = match Arc::try_unwrap(remote) {
+                Ok(remote) => remote.shutdown(grace).await,
+                Err(remote) => remote.stats(),
+            };
+            for t in stats.into_iter().filter(|t| t.queue_len > 0) {
+                if durable_queues {
+                    tracing::info!(url = %t.url, queued = t.queue_len, "remote-write: intervals still queued at shutdown stay in the data dir, sent after the restart");
+                } else {
                     tracing::warn!(url = %t.url, queued = t.queue_len, "remote-write: intervals still queued at shutdown, dropped");
                 }
             }
@@ -252,15 +273,16 @@ fn unix_millis() -> u64 {
 }
 
 /// Takes the rollups under the lock (clones), builds the interval ending at
-/// `end_ms` off it and queues it on every target.
-async fn push_interval(aggregator: &Arc<Mutex<Aggregator>>, remote: &remote_write::RemoteWriteSet, end_ms: i64) {
+/// `end_ms` off it and queues it on every target, on a blocking thread
+/// (building takes a while; a durable queue writes and fsyncs a file).
+async fn push_interval(aggregator: &Arc<Mutex<Aggregator>>, remote: &Arc<remote_write::RemoteWriteSet>, end_ms: i64) {
     if remote.writers().is_empty() {
         return;
     }
     let export = aggregator.lock().export(aggregate::unix_secs());
-    match tokio::task::spawn_blocking(move || export.into_interval(end_ms)).await {
-        Ok(interval) => remote.push(interval),
-        Err(e) => tracing::error!("remote-write: building the interval failed: {e}"),
+    let remote = remote.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || remote.push(export.into_interval(end_ms))).await {
+        tracing::error!("remote-write: building or queueing the interval failed: {e}");
     }
 }
 

@@ -165,13 +165,19 @@ impl Stats {
         }
         let url = |t: &TargetStatsSnapshot| vec![("url".to_string(), t.url.clone())];
         type Field = fn(&TargetStatsSnapshot) -> u64;
-        let counters: [(&str, Field, &str); 6] = [
+        let counters: [(&str, Field, &str); 8] = [
             ("samples_sent", |t| t.samples_sent, "Float samples delivered to the target"),
             ("histograms_sent", |t| t.histograms_sent, "Native histogram samples delivered to the target"),
             ("requests_sent", |t| t.requests_sent, "Remote-write requests delivered"),
             ("bytes_sent", |t| t.bytes_sent, "Compressed bytes delivered"),
             ("requests_failed", |t| t.requests_failed, "Attempts that failed (connection error, timeout, non-2xx)"),
             ("retries", |t| t.retries, "Attempts that were retries"),
+            ("queue_corrupt_files", |t| t.queue_corrupt_files, "Queue files (data_dir) found torn or corrupt at start, skipped"),
+            (
+                "queue_disk_errors",
+                |t| t.queue_disk_errors,
+                "Failed queue file operations (data_dir); an unwritten interval is kept in memory only",
+            ),
         ];
         for (what, field, help) in counters {
             let name = format!("shoal_collector_remote_write_{what}_total");

@@ -1,19 +1,27 @@
 //! Remote-write against real receivers: Prometheus 2.42 (native histograms)
 //! and VictoriaMetrics 1.79 (summaries), started here on 127.0.0.1 with
 //! temporary storage and killed by pid; plus tiny in-test receivers for the
-//! retry rules (500 then 204, 429 with Retry-After, 400).
+//! retry rules (500 then 204, 429 with Retry-After, 400) and for the
+//! durable queue (`data_dir`): intervals queued while the receiver is down
+//! are sent after a restart (a clean stop or `kill -9`), in order, once.
 //!
 //! The real servers are required: a missing binary fails the test.
 
 use rand::{Rng, SeedableRng};
+use shoal_collector::config::RemoteWriteConfig;
+use shoal_collector::remote_write::disk_queue::queue_dir;
 use shoal_collector::remote_write::{
-    decode_request, DropReason, ExportHistogram, ExportSeries, ExportValue, HistogramMode, Interval, RemoteWriteTarget, RemoteWriter,
+    decode_request, DiskQueue, DropReason, ExportHistogram, ExportSeries, ExportValue, HistogramMode, Interval, QueueStorage,
+    RemoteWriteTarget, RemoteWriter,
 };
+use shoal_collector::{Collector, Config};
 use shoal_core::Sketch;
+use shoal_proto as pb;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -311,11 +319,12 @@ fn victoria_metrics_summaries_and_exact_counters() {
     assert_eq!(vm.query("count({__name__=~\"vm_native_seconds.*\"})", at), None);
 }
 
-/// What an in-test receiver saw.
+/// What an in-test receiver saw, and what it answered.
 #[derive(Clone, Debug)]
 struct Received {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    answer: &'static str,
 }
 
 impl Received {
@@ -331,18 +340,26 @@ fn receiver(responses: Vec<&'static str>) -> (String, Arc<Mutex<Vec<Received>>>)
     let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
     let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
     let log = seen.clone();
+    let answer = move |n: usize| responses[(n - 1).min(responses.len() - 1)];
+    serve(listener, log, Arc::new(answer));
+    (url, seen)
+}
+
+/// `answer(n)` is the response to the n-th request (from 1).
+type Answer = Arc<dyn Fn(usize) -> &'static str + Send + Sync>;
+
+fn serve(listener: TcpListener, log: Arc<Mutex<Vec<Received>>>, answer: Answer) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
             let log = log.clone();
-            let responses = responses.clone();
-            std::thread::spawn(move || serve_connection(stream, &log, &responses));
+            let answer = answer.clone();
+            std::thread::spawn(move || serve_connection(stream, &log, &*answer));
         }
     });
-    (url, seen)
 }
 
-fn serve_connection(stream: TcpStream, log: &Mutex<Vec<Received>>, responses: &[&str]) {
+fn serve_connection(stream: TcpStream, log: &Mutex<Vec<Received>>, answer: &(dyn Fn(usize) -> &'static str + Send + Sync)) {
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
@@ -369,12 +386,12 @@ fn serve_connection(stream: TcpStream, log: &Mutex<Vec<Received>>, responses: &[
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let n = {
+        let response = {
             let mut log = log.lock().unwrap();
-            log.push(Received { headers, body });
-            log.len()
+            let response = answer(log.len() + 1);
+            log.push(Received { headers, body, answer: response });
+            response
         };
-        let response = responses[(n - 1).min(responses.len() - 1)];
         if writer.write_all(response.as_bytes()).is_err() {
             return;
         }
@@ -457,4 +474,272 @@ fn client_errors_are_dropped_counted_and_not_retried() {
     let dropped = s.dropped.get(&DropReason::Status(400)).copied().unwrap();
     assert_eq!((dropped.batches, dropped.samples), (1, 1));
     assert_eq!(s.dropped.len(), 1);
+}
+
+/// A receiver that stays at one URL while it goes from down (500) to up
+/// (204): it accepts as many requests as it is told to, 500 to the others.
+struct Switchable {
+    url: String,
+    accepts: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Switchable {
+    fn start(accepts: u64) -> Switchable {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+        let (accepts, seen) = (Arc::new(AtomicU64::new(accepts)), Arc::<Mutex<Vec<Received>>>::default());
+        let budget = accepts.clone();
+        let answer = move |_| {
+            let take = budget.fetch_update(SeqCst, SeqCst, |a| match a {
+                0 => None,
+                u64::MAX => Some(a),
+                a => Some(a - 1),
+            });
+            if take.is_ok() {
+                R204
+            } else {
+                R500
+            }
+        };
+        serve(listener, seen.clone(), Arc::new(answer));
+        Switchable { url, accepts, seen }
+    }
+
+    /// Up from now on; forgets what it saw so far.
+    fn come_up(&self) {
+        self.seen.lock().unwrap().clear();
+        self.accepts.store(u64::MAX, SeqCst);
+    }
+
+    /// The bodies it accepted, in order.
+    fn accepted(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().unwrap().iter().filter(|r| r.answer == R204).map(|r| r.body.clone()).collect()
+    }
+
+    /// `(timestamp, value)` of every accepted sample of `name`, in order.
+    fn samples(&self, name: &str) -> Vec<(i64, f64)> {
+        let mut out = Vec::new();
+        for body in self.accepted() {
+            for ts in decode_request(&body).unwrap().timeseries {
+                if ts.labels.iter().any(|l| l.name == "__name__" && l.value == name) {
+                    out.extend(ts.samples.iter().map(|s| (s.timestamp, s.value)));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Polls `done` every 50 ms for at most `secs`.
+fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `(end_ms, counter value)` of each interval in the durable queue of
+/// `url` under `data_dir`, oldest first (opening it also tidies it, as a
+/// start would).
+fn queued_on_disk(data_dir: &Path, url: &str) -> Vec<(i64, f64)> {
+    let q = DiskQueue::open(queue_dir(data_dir, &RemoteWriteTarget::new(url)));
+    q.iter()
+        .map(|i| {
+            let counter = i.interval.series.iter().find_map(|s| match s.value {
+                ExportValue::Counter(v) => Some(v as f64),
+                _ => None,
+            });
+            (i.interval.end_ms, counter.expect("the counter is in every interval"))
+        })
+        .collect()
+}
+
+fn interval_files(data_dir: &Path, url: &str) -> usize {
+    let dir = queue_dir(data_dir, &RemoteWriteTarget::new(url));
+    std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".interval")).count()
+}
+
+/// One instance's batch: the counter `jobs_total` grows by `delta`.
+fn jobs_batch(sequence: u64, delta: u64) -> pb::FlushRequest {
+    pb::FlushRequest {
+        instance_id: "worker-1".into(),
+        sequence,
+        definitions: vec![pb::SeriesDefinition { r#ref: 1, name: "jobs_total".into(), ..Default::default() }],
+        counters: vec![pb::CounterDelta { r#ref: 1, delta }],
+        ..Default::default()
+    }
+}
+
+fn flush(rt: &tokio::runtime::Runtime, grpc: SocketAddr, batch: pb::FlushRequest) {
+    rt.block_on(async {
+        let mut c = pb::ingest_client::IngestClient::connect(format!("http://{grpc}")).await.unwrap();
+        let r = c.flush(batch).await.unwrap().into_inner();
+        assert!(!r.duplicate);
+    });
+}
+
+/// What was queued before the restart arrives first, in order, with its
+/// values; every timestamp after it is newer (nothing twice).
+fn assert_delivered_in_order_once(before: &[(i64, f64)], got: &[(i64, f64)]) {
+    assert!(got.len() >= before.len(), "before the restart {before:?}, delivered {got:?}");
+    assert_eq!(&got[..before.len()], before, "the queued intervals first, in order");
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "timestamps strictly ascending (none twice): {got:?}");
+}
+
+fn durable_config(data_dir: &Path, url: &str) -> Config {
+    Config {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        interval_secs: 1,
+        shutdown_grace_ms: 300,
+        data_dir: Some(data_dir.to_path_buf()),
+        remote_write: vec![RemoteWriteConfig::new(url)],
+        ..Config::default()
+    }
+}
+
+#[test]
+fn a_durable_queue_is_sent_after_a_clean_restart() {
+    let rx = Switchable::start(0);
+    let data = TempDir::new("queue-clean");
+    let rt = runtime();
+    let first = Collector::start(durable_config(&data.0, &rx.url)).unwrap();
+    let queue_len = |c: &Collector| c.shared().stats.remote_write()[0].queue_len;
+    flush(&rt, first.grpc_addr(), jobs_batch(1, 5));
+    wait_until(20, "two intervals queued", || queue_len(&first) >= 2);
+    flush(&rt, first.grpc_addr(), jobs_batch(2, 7));
+    wait_until(20, "three intervals queued", || queue_len(&first) >= 3);
+    assert!(rx.accepted().is_empty() && !rx.seen.lock().unwrap().is_empty(), "the receiver was tried and was down");
+    first.shutdown().unwrap();
+    let before = queued_on_disk(&data.0, &rx.url);
+    assert!(before.len() >= 4, "three intervals and the last one pushed at shutdown: {before:?}");
+    assert_eq!((before[0].1, before.last().unwrap().1), (5.0, 12.0));
+
+    rx.come_up();
+    let second = Collector::start(durable_config(&data.0, &rx.url)).unwrap();
+    wait_until(20, "the queued intervals delivered", || rx.samples("jobs_total").len() > before.len());
+    second.shutdown().unwrap();
+    assert_delivered_in_order_once(&before, &rx.samples("jobs_total"));
+    assert_eq!(interval_files(&data.0, &rx.url), 0, "delivered intervals leave the disk");
+}
+
+/// The daemon with a data dir and one remote-write target, on fresh ports.
+struct Daemon {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(data_dir: &Path, url: &str) -> Daemon {
+        let addr = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (grpc, http) = (addr(), addr());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shoal-collector"))
+            .args(["--grpc-listen", &grpc.to_string(), "--http-listen", &http.to_string(), "--interval-secs", "1"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--remote-write", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon { child, grpc, http };
+        wait_until(20, "the daemon serves /healthz", || {
+            assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon exited; see {}/daemon.log", data_dir.display());
+            ureq::get(format!("http://{http}/healthz")).call().is_ok()
+        });
+        daemon
+    }
+
+    /// The value of the first sample of `family` on /metrics (0 if none).
+    fn metric(&self, family: &str) -> u64 {
+        let text = ureq::get(format!("http://{}/metrics", self.http)).call().unwrap().body_mut().read_to_string().unwrap();
+        let line = text.lines().find(|l| l.starts_with(&format!("{family}{{"))).unwrap_or("x 0");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL: no final push, no drain, no checkpoint
+        self.child.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_durable_queue_is_sent_after_kill_9() {
+    let rx = Switchable::start(0);
+    let data = TempDir::new("queue-kill");
+    let rt = runtime();
+    let first = Daemon::start(&data.0, &rx.url);
+    flush(&rt, first.grpc, jobs_batch(1, 3));
+    wait_until(20, "three intervals queued", || first.metric("shoal_collector_remote_write_queue_length") >= 3);
+    first.kill_9();
+    let before = queued_on_disk(&data.0, &rx.url);
+    assert!(before.len() >= 3, "{before:?}");
+    assert!(before.iter().all(|&(_, v)| v == 3.0));
+    // A torn file among them: skipped, counted, never a crash.
+    let dir = queue_dir(&data.0, &RemoteWriteTarget::new(&rx.url));
+    std::fs::write(dir.join("00000000000000099999.interval"), b"SHOALRWI\x40\0\0\0").unwrap();
+
+    rx.come_up();
+    let second = Daemon::start(&data.0, &rx.url);
+    wait_until(20, "the queued intervals delivered", || rx.samples("jobs_total").len() > before.len());
+    assert_eq!(second.metric("shoal_collector_remote_write_queue_corrupt_files_total"), 1);
+    drop(second);
+    assert_delivered_in_order_once(&before, &rx.samples("jobs_total"));
+}
+
+#[test]
+fn a_restarted_writer_resumes_an_interval_after_its_delivered_requests() {
+    // The first request is accepted, then the receiver is down.
+    let rx = Switchable::start(1);
+    let data = TempDir::new("queue-parts");
+    let mut target = fast_retries(&rx.url);
+    target.max_samples_per_request = 1;
+    let dir = queue_dir(&data.0, &target);
+    let interval = Interval {
+        end_ms: 5_000,
+        series: ["a", "b", "c"]
+            .map(|n| ExportSeries { name: n.into(), labels: vec![], help: None, unit: None, value: ExportValue::Counter(1) })
+            .to_vec(),
+    };
+    let rt = runtime();
+    let writer = RemoteWriter::with_storage(target.clone(), Box::new(DiskQueue::open(&dir)), rt.handle()).unwrap();
+    writer.push(interval);
+    wait_until(20, "the second request refused twice", || rx.seen.lock().unwrap().len() >= 3);
+    drop(writer);
+    let q = DiskQueue::open(&dir);
+    assert_eq!(q.iter().map(|i| (i.interval.end_ms, i.parts_done)).collect::<Vec<_>>(), vec![(5_000, 1)]);
+    drop(q);
+    let first = rx.accepted();
+    assert_eq!(first.len(), 1);
+
+    rx.come_up();
+    let writer = RemoteWriter::with_storage(target, Box::new(DiskQueue::open(&dir)), rt.handle()).unwrap();
+    assert!(rt.block_on(writer.wait_idle(Duration::from_secs(20))), "{:?}", writer.stats());
+    let names = |body: &Vec<u8>| -> Vec<String> {
+        decode_request(body)
+            .unwrap()
+            .timeseries
+            .iter()
+            .flat_map(|t| t.labels.iter().filter(|l| l.name == "__name__"))
+            .map(|l| l.value.clone())
+            .collect()
+    };
+    let mut all: Vec<String> = first.iter().chain(&rx.accepted()).flat_map(names).collect();
+    assert_eq!(rx.accepted().len(), 2, "only the requests not yet delivered");
+    all.sort();
+    assert_eq!(all, ["a_total", "b_total", "c_total"], "each series once");
+    assert_eq!(writer.stats().queue_len, 0);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left on disk");
 }

@@ -50,11 +50,16 @@
 //! connection errors, timeouts, 5xx and 429 (honouring `Retry-After`), no
 //! retry on any other 4xx (dropped, counted by status), a full queue drops its
 //! oldest interval (counted). [`TargetStats`] counts everything per target.
+//! With `--data-dir` each target's queue is a [`DiskQueue`] ([`disk_queue`]):
+//! what was queued before a restart, clean or `kill -9`, is sent after it,
+//! in order, at least once.
 
+pub mod disk_queue;
 pub mod encode;
 pub mod proto;
 pub mod sender;
 
+pub use disk_queue::DiskQueue;
 pub use encode::{
     compress, decode_request, encode_interval, encode_request, native_histogram, prometheus_index, sample_count, EncodeStats,
     EncodedRequest,

@@ -20,11 +20,20 @@
 //! being sent right now (counted as `queue_full`).
 //!
 //! The queue lives behind [`QueueStorage`] so that a durable implementation
-//! (for `--data-dir`) can replace [`MemoryQueue`]: it must persist
-//! `push_back`, `remove` and `set_parts_done`, and hand its content back at
-//! start. `parts_done` counts the requests of an interval already delivered;
-//! the split is deterministic for a given interval, histogram mode and
-//! `max_samples_per_request`.
+//! ([`super::disk_queue::DiskQueue`], for `--data-dir`) can replace
+//! [`MemoryQueue`]: it must persist `push_back`, `remove` and
+//! `set_parts_done`, and hand its content back at start. `parts_done` counts
+//! the requests of an interval already delivered; the split is deterministic
+//! for a given interval, histogram mode and `max_samples_per_request`. The
+//! task changes the storage off the runtime's threads (a durable storage
+//! writes and fsyncs files); [`RemoteWriter::push`] changes it on the
+//! caller's thread.
+//!
+//! Delivery is at least once: a request is recorded as done only after its
+//! 2xx, so a request on the wire when the process dies (or when a shutdown
+//! ends the task) is sent again from a durable queue after the restart.
+//! Remote-write receivers ingest an identical sample (same series,
+//! timestamp and value) twice as once.
 
 use super::encode::{encode_interval, sample_count, EncodedRequest};
 use super::{HistogramMode, Interval};
@@ -172,6 +181,8 @@ pub struct TargetStats {
     retries: AtomicU64,
     queue_len: AtomicU64,
     last_success_unix_ms: AtomicU64,
+    queue_corrupt_files: AtomicU64,
+    queue_disk_errors: AtomicU64,
     dropped: Mutex<BTreeMap<DropReason, Dropped>>,
 }
 
@@ -198,6 +209,11 @@ pub struct TargetStatsSnapshot {
     pub queue_len: u64,
     /// Unix time (ms) of the last delivered request.
     pub last_success_unix_ms: Option<u64>,
+    /// Durable queue: files found torn or corrupt at start, skipped.
+    pub queue_corrupt_files: u64,
+    /// Durable queue: failed file operations (an interval that could not be
+    /// written is kept in memory only).
+    pub queue_disk_errors: u64,
 }
 
 impl TargetStats {
@@ -206,6 +222,23 @@ impl TargetStats {
         let d = dropped.entry(reason).or_default();
         d.batches += batches;
         d.samples += samples;
+    }
+
+    /// Counts a queue file found torn or corrupt (durable storages).
+    pub fn count_queue_corrupt_file(&self) {
+        self.queue_corrupt_files.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a failed queue file operation (durable storages).
+    pub fn count_queue_disk_error(&self) {
+        self.queue_disk_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Adds the queue counters of `other` (what a storage counted before it
+    /// was attached to its writer).
+    pub fn add_queue_counts(&self, other: &TargetStats) {
+        self.queue_corrupt_files.fetch_add(other.queue_corrupt_files.load(Relaxed), Relaxed);
+        self.queue_disk_errors.fetch_add(other.queue_disk_errors.load(Relaxed), Relaxed);
     }
 
     /// Reads every counter.
@@ -222,6 +255,8 @@ impl TargetStats {
             dropped: self.dropped.lock().clone(),
             queue_len: self.queue_len.load(Relaxed),
             last_success_unix_ms: (last > 0).then_some(last),
+            queue_corrupt_files: self.queue_corrupt_files.load(Relaxed),
+            queue_disk_errors: self.queue_disk_errors.load(Relaxed),
         }
     }
 }
@@ -241,6 +276,14 @@ pub struct QueuedInterval {
 /// memory; a durable implementation persists every change. The writer
 /// enforces the capacity.
 pub trait QueueStorage: Send + 'static {
+    /// Called once by the writer before any other call: the target's
+    /// counters, where a durable storage counts corrupt files and disk errors.
+    fn attach_stats(&mut self, _stats: Arc<TargetStats>) {}
+    /// The `seq` of the next interval pushed: above every `seq` the storage
+    /// has seen (a durable one also counts the files it skipped as corrupt).
+    fn next_seq(&self) -> u64 {
+        self.iter().last().map_or(0, |q| q.seq + 1)
+    }
     /// Appends `item` (its `seq` is above every queued one).
     fn push_back(&mut self, item: QueuedInterval);
     /// The queued intervals, oldest first.
@@ -357,9 +400,12 @@ impl RemoteWriter {
             let value = HeaderValue::try_from(v.as_str()).map_err(|e| format!("remote-write header {k:?} value: {e}"))?;
             headers.push((name, value));
         }
-        let next_seq = storage.iter().last().map_or(0, |q| q.seq + 1);
+        let mut storage = storage;
+        let stats = Arc::<TargetStats>::default();
+        storage.attach_stats(stats.clone());
+        let next_seq = storage.next_seq();
         let queue = Queue { storage, next_seq, in_flight: None };
-        let shared = Arc::new(Shared { target, uri, headers, queue: Mutex::new(queue), wake: Notify::new(), stats: Arc::default() });
+        let shared = Arc::new(Shared { target, uri, headers, queue: Mutex::new(queue), wake: Notify::new(), stats });
         shared.set_queue_len(&shared.queue.lock());
         let client = Client::builder(TokioExecutor::new()).build_http();
         let task = runtime.spawn(run(shared.clone(), client));
@@ -372,7 +418,9 @@ impl RemoteWriter {
     }
 
     /// Queues `interval` (an empty one is ignored). Never blocks on the
-    /// network; a full queue drops its oldest interval not being sent.
+    /// network; a full queue drops its oldest interval not being sent. With
+    /// a durable storage this writes and fsyncs a file: call it off the
+    /// async runtime's threads (`spawn_blocking`).
     pub fn push(&self, interval: impl Into<Arc<Interval>>) {
         let interval = interval.into();
         if interval.series.is_empty() {
@@ -449,12 +497,22 @@ impl RemoteWriteSet {
         Ok(RemoteWriteSet { writers })
     }
 
+    /// Starts one writer per target on the current tokio runtime, each with
+    /// its queue storage (what a storage already holds is sent first).
+    pub fn with_storage(targets: impl IntoIterator<Item = (RemoteWriteTarget, Box<dyn QueueStorage>)>) -> Result<RemoteWriteSet, String> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| "remote-write: RemoteWriteSet::with_storage needs a tokio runtime".to_string())?;
+        let writers = targets.into_iter().map(|(t, s)| RemoteWriter::with_storage(t, s, &handle)).collect::<Result<_, _>>()?;
+        Ok(RemoteWriteSet { writers })
+    }
+
     /// The writers.
     pub fn writers(&self) -> &[RemoteWriter] {
         &self.writers
     }
 
-    /// Queues `interval` on every target.
+    /// Queues `interval` on every target (see [`RemoteWriter::push`]: off
+    /// the async runtime's threads when a storage is durable).
     pub fn push(&self, interval: Interval) {
         let interval = Arc::new(interval);
         for w in &self.writers {
@@ -510,11 +568,14 @@ async fn run(shared: Arc<Shared>, client: HttpClient) {
                 Ok((requests, _)) => encoded = Some((job.seq, requests)),
                 Err(e) => {
                     tracing::error!(url = %target.url, error = %e, "remote-write: interval cannot be encoded, dropped");
-                    let mut q = shared.queue.lock();
-                    if q.storage.remove(job.seq).is_some() {
-                        shared.stats.count_drop(DropReason::Encode, 1, sample_count(&job.interval, target.histograms));
-                    }
-                    shared.set_queue_len(&q);
+                    let seq = job.seq;
+                    on_queue(&shared, move |shared, q| {
+                        if q.storage.remove(seq).is_some() {
+                            shared.stats.count_drop(DropReason::Encode, 1, sample_count(&job.interval, shared.target.histograms));
+                        }
+                        shared.set_queue_len(q);
+                    })
+                    .await;
                     continue;
                 }
             }
@@ -522,9 +583,12 @@ async fn run(shared: Arc<Shared>, client: HttpClient) {
         let Some((_, requests)) = encoded.as_ref() else { continue };
         let Some(request) = requests.get(job.parts_done) else {
             // Every part done (a storage that recorded the last part but not the removal).
-            let mut q = shared.queue.lock();
-            q.storage.remove(job.seq);
-            shared.set_queue_len(&q);
+            let seq = job.seq;
+            on_queue(&shared, move |shared, q| {
+                q.storage.remove(seq);
+                shared.set_queue_len(q);
+            })
+            .await;
             continue;
         };
         {
@@ -570,16 +634,33 @@ async fn run(shared: Arc<Shared>, client: HttpClient) {
         }
         if part_finished {
             retry = 0;
-            let mut q = shared.queue.lock();
-            q.in_flight = None;
-            let done = job.parts_done + 1;
-            if done >= requests.len() {
-                q.storage.remove(job.seq);
-            } else {
-                q.storage.set_parts_done(job.seq, done);
-            }
-            shared.set_queue_len(&q);
+            let (seq, done, parts) = (job.seq, job.parts_done + 1, requests.len());
+            on_queue(&shared, move |shared, q| {
+                q.in_flight = None;
+                if done >= parts {
+                    q.storage.remove(seq);
+                } else {
+                    q.storage.set_parts_done(seq, done);
+                }
+                shared.set_queue_len(q);
+            })
+            .await;
         }
+    }
+}
+
+/// Runs `f` on the locked queue on a blocking thread (a durable storage
+/// writes and fsyncs files). Once started, `f` completes even if the task is
+/// aborted meanwhile.
+async fn on_queue(shared: &Arc<Shared>, f: impl FnOnce(&Shared, &mut Queue) + Send + 'static) {
+    let on = shared.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut q = on.queue.lock();
+        f(&on, &mut q);
+    })
+    .await;
+    if let Err(e) = done {
+        tracing::error!(url = %shared.target.url, "remote-write: queue update failed: {e}");
     }
 }
 

@@ -174,6 +174,9 @@ fn sdk_fleet(collector: &mut CollectorProcess, instances: usize, series: usize, 
                     .collector(format!("http://{}", collector.addr))
                     .flush_interval(Duration::from_secs(3600))
                     .shutdown_timeout(Duration::from_secs(10))
+                    // Values taken are compared with values merged (own
+                    // series are merged but never taken).
+                    .send_own_metrics(false)
                     .build()
                     .unwrap(),
             )

@@ -56,6 +56,14 @@ fn the_sdk_refuses_bad_series_locally_and_the_healthy_counter_arrives_exactly() 
     assert_eq!(sample(&local, r#"shoal_flush_values_dropped_total{reason="refused"}"#), Some(0.0));
     assert_eq!(sample(&local, r#"shoal_flush_values_dropped_total{reason="rejected"}"#), Some(0.0));
     assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_field"}"#), Some(0.0));
+    // ...and the collector shows the SDK's own counts too: they arrive as
+    // ordinary series of the instance, so a fleet's own losses are visible.
+    for reason in ["label_value_too_long", "name_too_long", "kind_conflict", "invalid_label_key"] {
+        let series = format!(r#"shoal_rejected_series_total{{reason="{reason}"}}"#);
+        let at_collector = format!(r#"shoal_rejected_series_total{{reason="{reason}",service="poison"}}"#);
+        assert_eq!(sample(&text, &at_collector), sample(&local, &series), "{reason}: {text}");
+    }
+    assert_eq!(sample(&text, r#"shoal_rejected_updates_total{kind="counter",service="poison"}"#), Some(67.0), "{text}");
     shoal.shutdown().unwrap();
     collector.shutdown().unwrap();
 }
@@ -201,6 +209,9 @@ fn big_process(url: &str, names: usize, per_name: usize) -> (shoal::Shoal, u64) 
         .collector(url)
         .flush_interval(Duration::from_secs(3600))
         .shutdown_timeout(Duration::from_secs(300))
+        // Exactly the process's million series (the own series would count
+        // against the limits and the merged totals).
+        .send_own_metrics(false)
         .build()
         .unwrap();
     let mut total = 0u64;

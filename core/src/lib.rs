@@ -22,10 +22,12 @@ pub mod exposition;
 pub mod key;
 pub mod kind;
 pub mod names;
+pub mod own;
 pub mod sketch;
 
 pub use crate::blocklist::{Blocklist, BlocklistError};
 pub use crate::deltas::{CounterDelta, Deltas, GaugeValue, HistogramDelta};
 pub use crate::key::SeriesKey;
 pub use crate::kind::Kind;
+pub use crate::own::{OwnMetrics, OwnValue};
 pub use crate::sketch::Sketch;

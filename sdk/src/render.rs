@@ -4,7 +4,7 @@
 use crate::inner::Inner;
 use crate::registry::Refusal;
 use shoal_core::exposition::{format_value, help_text, write_summary, TextWriter};
-use shoal_core::{SeriesKey, Sketch};
+use shoal_core::{OwnMetrics, SeriesKey, Sketch};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -68,44 +68,53 @@ pub(crate) fn render(inner: &Inner) -> String {
             }
         }
     }
-    write_self_metrics(&mut w, inner);
+    own_metrics(inner).write(&mut w);
     w.finish()
 }
 
-fn write_self_metrics(w: &mut TextWriter, inner: &Inner) {
+/// The instance's own health series: written here, and sent to the
+/// collector as ordinary series of the instance ([`Inner`]'s `DeltaSource`).
+pub(crate) fn own_metrics(inner: &Inner) -> OwnMetrics {
     let reg = &inner.registry;
     let stats = &reg.stats;
-    w.family("shoal_series", "gauge", "Series registered in this process, by kind");
+    let mut own = OwnMetrics::default();
     for (kind, n) in reg.series_counts() {
-        w.sample("shoal_series", &[("kind".into(), kind.as_str().into())], None, &n.to_string());
+        own.gauge("shoal_series", "Series registered in this process, by kind", &[("kind", kind.as_str())], n as f64);
     }
-    w.family("shoal_rejected_values_total", "counter", "Values rejected and not recorded, by reason");
     for (reason, n) in [("nan", &stats.rejected_nan), ("infinite", &stats.rejected_infinite)] {
-        w.sample("shoal_rejected_values_total", &[("reason".into(), reason.into())], None, &n.load(Relaxed).to_string());
+        own.counter("shoal_rejected_values_total", "Values rejected and not recorded, by reason", &[("reason", reason)], n.load(Relaxed));
     }
-    w.family(
-        "shoal_rejected_series_total",
-        "counter",
-        "Series refused at registration (a collector would refuse them); their updates are never sent",
-    );
     for why in Refusal::all() {
-        w.sample("shoal_rejected_series_total", &[("reason".into(), why.as_str().into())], None, &stats.refused_series(why).to_string());
+        own.counter(
+            "shoal_rejected_series_total",
+            "Series refused at registration (a collector would refuse them); their updates are never sent",
+            &[("reason", why.as_str())],
+            stats.refused_series(why),
+        );
     }
-    w.family(
-        "shoal_rejected_updates_total",
-        "counter",
-        "Values recorded into refused series (counter increments, histogram samples), never sent",
-    );
     let counters = reg.counters.discarded().map_or(0, |s| s.cells.read());
     let histograms = reg.histograms.discarded().map_or(0, |s| s.cells.read().count());
     for (kind, n) in [("counter", counters), ("histogram", histograms)] {
-        w.sample("shoal_rejected_updates_total", &[("kind".into(), kind.into())], None, &n.to_string());
+        own.counter(
+            "shoal_rejected_updates_total",
+            "Values recorded into refused series (counter increments, histogram samples), never sent",
+            &[("kind", kind)],
+            n,
+        );
     }
-    w.family("shoal_overflow_updates_total", "counter", "Updates recorded into a metric's overflow series after its cardinality limit");
-    w.sample("shoal_overflow_updates_total", &[], None, &stats.overflowed_updates.load(Relaxed).to_string());
-    w.family("shoal_overflow_series_total", "counter", "Registrations of a new label set refused by the cardinality limit");
-    w.sample("shoal_overflow_series_total", &[], None, &stats.overflowed_series.load(Relaxed).to_string());
-    w.family("shoal_cardinality_limit", "gauge", "Series allowed per metric name");
-    w.sample("shoal_cardinality_limit", &[], None, &reg.cardinality_limit.to_string());
-    inner.flusher_stats.write(w);
+    own.counter(
+        "shoal_overflow_updates_total",
+        "Updates recorded into a metric's overflow series after its cardinality limit",
+        &[],
+        stats.overflowed_updates.load(Relaxed),
+    );
+    own.counter(
+        "shoal_overflow_series_total",
+        "Registrations of a new label set refused by the cardinality limit",
+        &[],
+        stats.overflowed_series.load(Relaxed),
+    );
+    own.gauge("shoal_cardinality_limit", "Series allowed per metric name", &[], reg.cardinality_limit as f64);
+    own.extend(inner.flusher_stats.own_metrics());
+    own
 }

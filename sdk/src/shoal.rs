@@ -30,6 +30,7 @@ pub struct ShoalBuilder {
     cardinality_limit: usize,
     relative_error: f64,
     shutdown_timeout: Duration,
+    send_own_metrics: bool,
 }
 
 impl Default for ShoalBuilder {
@@ -42,6 +43,7 @@ impl Default for ShoalBuilder {
             cardinality_limit: DEFAULT_CARDINALITY_LIMIT,
             relative_error: DEFAULT_RELATIVE_ERROR,
             shutdown_timeout: Duration::from_secs(5),
+            send_own_metrics: true,
         }
     }
 }
@@ -91,6 +93,17 @@ impl ShoalBuilder {
         self
     }
 
+    /// Whether this instance's own health series (`shoal_flush_*`,
+    /// `shoal_rejected_*`, `shoal_series`, ...) go to the collector as
+    /// ordinary series of the instance, so that a fleet's own losses show on
+    /// the collector's `/metrics` (default: yes). They ride with the batches
+    /// the instance sends anyway (never a batch of their own) and are
+    /// outside the value-conservation counts (`shoal_flush_values_*`).
+    pub fn send_own_metrics(mut self, send: bool) -> Self {
+        self.send_own_metrics = send;
+        self
+    }
+
     /// Builds the `Shoal` without installing it as the global recorder.
     pub fn build(self) -> Result<Shoal, Error> {
         let scale = scale_for_relative_error(self.relative_error)
@@ -119,7 +132,7 @@ impl ShoalBuilder {
         let labels = SeriesKey::new("", labels).labels().to_vec();
         let identity = Identity { instance_id: new_instance_id(), labels };
         slot::owned_slots();
-        let inner = Arc::new(Inner::new(Registry::new(self.cardinality_limit, scale), identity));
+        let inner = Arc::new(Inner::new(Registry::new(self.cardinality_limit, scale), identity, self.send_own_metrics));
         let flusher = match self.collector {
             Some(url) => Some(Flusher::start(
                 inner.clone(),

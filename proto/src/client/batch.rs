@@ -20,6 +20,9 @@ pub struct Batch {
     pub end_nanos: u64,
     /// The deltas.
     pub deltas: Deltas,
+    /// The source's own health series, sent with the deltas but outside
+    /// the conservation counts (see `DeltaSource::own_metrics`).
+    pub own: Deltas,
 }
 
 /// How much one batch may carry. The defaults are the protocol's
@@ -154,11 +157,15 @@ pub fn encode(batch: &Batch, refs: &mut RefTable, identity: &Identity, describe:
         used.push(r);
         r
     };
-    let d = &batch.deltas;
-    let counters = d.counters.iter().map(|c| pb::CounterDelta { r#ref: define(&c.key), delta: c.delta }).collect();
-    let gauges = d.gauges.iter().map(|g| pb::GaugeValue { r#ref: define(&g.key), value: g.value }).collect();
-    let histograms =
-        d.histograms.iter().map(|h| pb::HistogramDelta { r#ref: define(&h.key), sketch: Some(sketch_to_proto(&h.sketch)) }).collect();
+    let (d, own) = (&batch.deltas, &batch.own);
+    let counters = d.counters.iter().chain(&own.counters).map(|c| pb::CounterDelta { r#ref: define(&c.key), delta: c.delta }).collect();
+    let gauges = d.gauges.iter().chain(&own.gauges).map(|g| pb::GaugeValue { r#ref: define(&g.key), value: g.value }).collect();
+    let histograms = d
+        .histograms
+        .iter()
+        .chain(&own.histograms)
+        .map(|h| pb::HistogramDelta { r#ref: define(&h.key), sketch: Some(sketch_to_proto(&h.sketch)) })
+        .collect();
     let request = pb::FlushRequest {
         instance_id: identity.instance_id.clone(),
         instance_labels: labels_to_proto(&identity.labels),
@@ -211,7 +218,7 @@ mod tests {
         let identity = Identity { instance_id: "i".into(), labels: vec![("service".into(), "s".into())] };
         let mut refs = RefTable::default();
         for (i, deltas) in parts.into_iter().enumerate() {
-            let batch = Batch { sequence: i as u64 + 1, start_nanos: 0, end_nanos: 1, deltas };
+            let batch = Batch { sequence: i as u64 + 1, start_nanos: 0, end_nanos: 1, deltas, own: Deltas::default() };
             let (request, used) = encode(&batch, &mut refs, &identity, &|_| None);
             let series = request.counters.len() + request.gauges.len() + request.histograms.len();
             assert!(series <= limits.series);
@@ -232,7 +239,7 @@ mod tests {
         for (i, deltas) in parts.iter().enumerate() {
             let buckets: usize = deltas.histograms.iter().map(|h| h.sketch.positive().len()).sum();
             assert!(buckets <= 1_000 || deltas.series_updates() == 1);
-            let batch = Batch { sequence: i as u64 + 1, start_nanos: 0, end_nanos: 1, deltas: deltas.clone() };
+            let batch = Batch { sequence: i as u64 + 1, start_nanos: 0, end_nanos: 1, deltas: deltas.clone(), own: Deltas::default() };
             let bytes = encode(&batch, &mut RefTable::default(), &identity, &|_| None).0.encoded_len();
             assert!(bytes <= 20_000 || deltas.series_updates() == 1, "part {i}: {bytes}");
         }
@@ -249,6 +256,7 @@ mod tests {
             start_nanos: 0,
             end_nanos: 1,
             deltas: Deltas { counters: vec![CounterDelta { key: k, delta: 2 }], ..Default::default() },
+            own: Deltas::default(),
         };
         let (request, used) = encode(&batch, &mut refs, &identity, &|_| None);
         assert_eq!(request.definitions[0].name, "http_requests");
@@ -261,10 +269,35 @@ mod tests {
     }
 
     #[test]
+    fn own_series_travel_after_the_deltas_with_their_definitions() {
+        let identity = Identity { instance_id: "i".into(), labels: vec![] };
+        let mut refs = RefTable::default();
+        let own_key = Arc::new(SeriesKey::new("shoal_flush_batches_sent_total", Vec::<(String, String)>::new()));
+        let batch = Batch {
+            sequence: 1,
+            start_nanos: 0,
+            end_nanos: 1,
+            deltas: Deltas { counters: vec![CounterDelta { key: key("c", 1), delta: 2 }], ..Default::default() },
+            own: Deltas {
+                counters: vec![CounterDelta { key: own_key, delta: 5 }],
+                gauges: vec![GaugeValue { key: key("shoal_series", 0), value: 3.0 }],
+                ..Default::default()
+            },
+        };
+        let (request, used) = encode(&batch, &mut refs, &identity, &|_| None);
+        assert_eq!(request.counters.iter().map(|c| c.delta).collect::<Vec<_>>(), [2, 5]);
+        assert_eq!(request.gauges.len(), 1);
+        let names: Vec<_> = request.definitions.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["c", "shoal_flush_batches_sent_total", "shoal_series"]);
+        assert_eq!(used.len(), 3);
+    }
+
+    #[test]
     fn help_and_unit_travel_once_per_name_and_are_truncated() {
         let identity = Identity { instance_id: "i".into(), labels: vec![] };
         let counters = (0..3).map(|i| CounterDelta { key: key("http.req", i), delta: 1 }).collect();
-        let batch = Batch { sequence: 1, start_nanos: 0, end_nanos: 1, deltas: Deltas { counters, ..Default::default() } };
+        let batch =
+            Batch { sequence: 1, start_nanos: 0, end_nanos: 1, deltas: Deltas { counters, ..Default::default() }, own: Deltas::default() };
         let long = "é".repeat(crate::limits::MAX_HELP);
         let describe = |name: &str| (name == "http.req").then(|| (long.clone(), Some("seconds".to_string())));
         let (request, _) = encode(&batch, &mut RefTable::default(), &identity, &describe);

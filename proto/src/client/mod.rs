@@ -34,8 +34,8 @@ use crate::ingest_client::IngestClient;
 use crate::v1 as pb;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use prost::Message;
-use shoal_core::{Blocklist, Deltas, SeriesKey};
-use std::collections::{HashSet, VecDeque};
+use shoal_core::{Blocklist, CounterDelta, Deltas, GaugeValue, OwnMetrics, OwnValue, SeriesKey};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -64,6 +64,16 @@ pub trait DeltaSource: Send + Sync + 'static {
     fn describe(&self, name: &str) -> Option<(String, Option<String>)> {
         let _ = name;
         None
+    }
+
+    /// The source's own health series (cumulative counters, current gauges),
+    /// read when a batch is numbered. They travel with the batch as ordinary
+    /// series of the instance, but outside the value-conservation counts:
+    /// they count the flush itself (values taken, batches sent), so counting
+    /// them as values would feed every flush back into the next. None by
+    /// default.
+    fn own_metrics(&self) -> OwnMetrics {
+        OwnMetrics::default()
     }
 }
 
@@ -201,6 +211,25 @@ impl Pending {
     }
 }
 
+/// The own series to send with a batch: counters that grew since the last
+/// numbered batch (by how much), and every gauge.
+fn own_deltas(own: &OwnMetrics, sent: &mut HashMap<String, u64>) -> Deltas {
+    let mut deltas = Deltas::default();
+    for (key, value) in own.series() {
+        match value {
+            OwnValue::Counter(total) => {
+                let before = sent.entry(key.canonical().to_string()).or_insert(0);
+                if total > *before {
+                    deltas.counters.push(CounterDelta { key: Arc::new(key), delta: total - *before });
+                    *before = total;
+                }
+            }
+            OwnValue::Gauge(value) => deltas.gauges.push(GaugeValue { key: Arc::new(key), value }),
+        }
+    }
+    deltas
+}
+
 /// Logs at `warn` at most once per [`WARN_EVERY`]; counts what it held back.
 struct RateLimitedWarn {
     last: Option<Instant>,
@@ -239,6 +268,9 @@ struct State {
     /// when the collector lifts the block.
     poll_blocklist: bool,
     unreachable: RateLimitedWarn,
+    /// Own counters: the cumulative value carried by the batches numbered so
+    /// far (a batch refused whole gives its part back, to be sent again).
+    own_sent: HashMap<String, u64>,
 }
 
 fn unix_nanos() -> u64 {
@@ -269,6 +301,7 @@ impl State {
             blocklist: Blocklist::default(),
             poll_blocklist: false,
             unreachable: RateLimitedWarn { last: None, suppressed: 0 },
+            own_sent: HashMap::new(),
         }
     }
 
@@ -417,7 +450,15 @@ impl State {
                 start_nanos: self.pending.accumulating_since,
                 end_nanos: end,
                 deltas: part,
+                own: Deltas::default(),
             });
+        }
+        // The own series ride with the last batch (they never make one).
+        if let Some(last) = self.pending.sealed.back_mut() {
+            let mut own = own_deltas(&self.source.own_metrics(), &mut self.own_sent);
+            // What the collector blocks is not sent (nor counted: no values).
+            own.remove_blocked(&self.blocklist);
+            last.own = own;
         }
         self.pending.accumulating_since = end;
     }
@@ -518,6 +559,11 @@ impl State {
                     tracing::warn!(target: "shoal::flusher", "batch {} dropped: {why}", batch.sequence);
                     self.stats.batches_refused.fetch_add(1, Relaxed);
                     self.stats.drop_deltas(DropReason::Refused, &batch.deltas);
+                    for c in &batch.own.counters {
+                        if let Some(sent) = self.own_sent.get_mut(c.key.canonical()) {
+                            *sent = sent.wrapping_sub(c.delta);
+                        }
+                    }
                 }
                 // The collector may have bound some refs before refusing: define them all again.
                 self.refs.forget_known();

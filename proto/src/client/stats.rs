@@ -2,7 +2,7 @@
 //! the sender's half of shoal's conservation counts.
 
 use shoal_core::exposition::TextWriter;
-use shoal_core::Deltas;
+use shoal_core::{Deltas, OwnMetrics};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why the SDK dropped deltas it had taken. Every value dropped is counted
@@ -119,7 +119,13 @@ impl FlusherStats {
 
     /// Writes the `shoal_flush_*` self-metrics.
     pub fn write(&self, w: &mut TextWriter) {
-        let counters: [(&str, &AtomicU64, &str); 12] = [
+        self.own_metrics().write(w);
+    }
+
+    /// The `shoal_flush_*` self-metrics, as data.
+    pub fn own_metrics(&self) -> OwnMetrics {
+        let mut own = OwnMetrics::default();
+        let counters: [(&'static str, &AtomicU64, &'static str); 12] = [
             ("shoal_flush_batches_sent_total", &self.batches_sent, "Batch send attempts, retries included"),
             ("shoal_flush_batches_acknowledged_total", &self.batches_acknowledged, "Batches acknowledged by the collector"),
             ("shoal_flush_batches_duplicate_total", &self.batches_duplicate, "Acknowledged batches the collector had already merged"),
@@ -146,32 +152,42 @@ impl FlusherStats {
             ("shoal_flush_values_acknowledged_total", &self.values_acknowledged, "Values the collector acknowledged and merged"),
         ];
         for (name, value, help) in counters {
-            w.family(name, "counter", help);
-            w.sample(name, &[], None, &value.load(Relaxed).to_string());
+            own.counter(name, help, &[], value.load(Relaxed));
         }
-        w.family("shoal_flush_values_dropped_total", "counter", "Values taken but never merged, by reason");
         for why in DropReason::ALL {
-            w.sample(
+            own.counter(
                 "shoal_flush_values_dropped_total",
-                &[("reason".into(), why.as_str().into())],
-                None,
-                &self.values_dropped(why).to_string(),
+                "Values taken but never merged, by reason",
+                &[("reason", why.as_str())],
+                self.values_dropped(why),
             );
         }
-        w.family("shoal_flush_series_updates_dropped_total", "counter", "Series-updates taken but never merged, by reason");
         for why in DropReason::ALL {
-            w.sample(
+            own.counter(
                 "shoal_flush_series_updates_dropped_total",
-                &[("reason".into(), why.as_str().into())],
-                None,
-                &self.series_updates_dropped(why).to_string(),
+                "Series-updates taken but never merged, by reason",
+                &[("reason", why.as_str())],
+                self.series_updates_dropped(why),
             );
         }
-        w.family("shoal_flush_pending_series", "gauge", "Series held for the collector, not yet acknowledged");
-        w.sample("shoal_flush_pending_series", &[], None, &self.pending_series.load(Relaxed).to_string());
-        w.family("shoal_flush_pending_values", "gauge", "Values held for the collector, not yet acknowledged");
-        w.sample("shoal_flush_pending_values", &[], None, &self.values_pending.load(Relaxed).to_string());
-        w.family("shoal_flush_blocklist_patterns", "gauge", "Patterns in the blocklist last received from the collector");
-        w.sample("shoal_flush_blocklist_patterns", &[], None, &self.blocklist.lock().len().to_string());
+        own.gauge(
+            "shoal_flush_pending_series",
+            "Series held for the collector, not yet acknowledged",
+            &[],
+            self.pending_series.load(Relaxed) as f64,
+        );
+        own.gauge(
+            "shoal_flush_pending_values",
+            "Values held for the collector, not yet acknowledged",
+            &[],
+            self.values_pending.load(Relaxed) as f64,
+        );
+        own.gauge(
+            "shoal_flush_blocklist_patterns",
+            "Patterns in the blocklist last received from the collector",
+            &[],
+            self.blocklist.lock().len() as f64,
+        );
+        own
     }
 }

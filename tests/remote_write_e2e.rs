@@ -15,16 +15,18 @@
 //! never skips, when `prometheus` or `victoria-metrics` is missing.
 
 mod common;
+#[path = "support/real_servers.rs"]
+mod real_servers;
 
 use common::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use real_servers::{within, ServerProcess};
 use shoal_collector::config::RemoteWriteConfig;
 use shoal_collector::remote_write::{decode_request, HistogramMode};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const INSTANCES: usize = 3;
 const SAMPLES: usize = 30_000;
@@ -32,78 +34,6 @@ const QS: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 const COUNTER: &str = "rwe2e_requests_total";
 const HISTOGRAM: &str = "rwe2e_latency_seconds";
 const HELP: &str = "Requests served by the checkout service";
-
-/// A receiver process, killed by pid and reaped on drop.
-struct Server {
-    child: Child,
-    base: String,
-    _dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(tool: &str, args: impl Fn(&std::path::Path, std::net::SocketAddr) -> Vec<String>, ready: &str) -> Server {
-        let path = require_tool(tool);
-        let dir = TempDir::new(&format!("shoal-rwe2e-{tool}"));
-        let addr = free_addr();
-        let log = std::fs::File::create(dir.0.join("server.log")).unwrap();
-        let child = Command::new(&path)
-            .args(args(&dir.0, addr))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
-        let server = Server { child, base: format!("http://{addr}"), _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(format!("{}{ready}", server.base)).call().is_err() {
-            assert!(Instant::now() < deadline, "{tool} not ready after 60 s: {}", server.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.0.join("server.log")).unwrap_or_default()
-    }
-
-    /// The value of a one-series instant query, None while there is none.
-    fn query(&self, promql: &str) -> Option<f64> {
-        let body = ureq::get(format!("{}/api/v1/query", self.base))
-            .query("query", promql)
-            .call()
-            .unwrap_or_else(|e| panic!("query {promql}: {e}"))
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["status"], "success", "{promql}: {body}");
-        let result = v["data"]["result"].as_array().unwrap();
-        assert!(result.len() <= 1, "{promql}: {body}");
-        result.first().map(|r| r["value"][1].as_str().unwrap().parse().unwrap())
-    }
-
-    /// Polls until `promql` answers `accept`able value (bounded).
-    fn query_until(&self, promql: &str, before: impl Fn(), accept: impl Fn(f64) -> bool) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = None;
-        while Instant::now() < deadline {
-            before();
-            last = self.query(promql);
-            if let Some(v) = last.filter(|v| accept(*v)) {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("{promql}: last answer {last:?} after 30 s; log:\n{}", self.log());
-    }
-}
 
 /// Every request a raw receiver got, with the status it answered.
 type Seen = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
@@ -169,13 +99,9 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<(u16, Vec<u8>)>>, failures: usize) {
     }
 }
 
-fn within(actual: f64, expected: f64, tolerance: f64) -> bool {
-    ((actual - expected) / expected).abs() <= tolerance
-}
-
 #[test]
 fn closed_intervals_reach_prometheus_victoria_metrics_and_a_flaky_receiver() {
-    let prometheus = Server::start(
+    let prometheus = ServerProcess::start(
         "prometheus",
         |dir, addr| {
             let config = dir.join("prometheus.yml");
@@ -190,7 +116,7 @@ fn closed_intervals_reach_prometheus_victoria_metrics_and_a_flaky_receiver() {
         },
         "/-/ready",
     );
-    let vm = Server::start(
+    let vm = ServerProcess::start(
         "victoria-metrics",
         |dir, addr| {
             vec![
@@ -251,11 +177,11 @@ fn closed_intervals_reach_prometheus_victoria_metrics_and_a_flaky_receiver() {
     assert_eq!(series["series"][0]["help"], HELP, "{series}");
 
     // Prometheus, native histograms: exact total, quantiles of all raw samples within 1%.
-    let got = prometheus.query_until(&format!("sum({COUNTER})"), || {}, |v| v == total);
+    let got = prometheus.query_value_until(&format!("sum({COUNTER})"), None, || {}, |v| v == total);
     assert_eq!(got, total);
-    prometheus.query_until(&format!("histogram_count(sum({HISTOGRAM}))"), || {}, |v| v == total);
+    prometheus.query_value_until(&format!("histogram_count(sum({HISTOGRAM}))"), None, || {}, |v| v == total);
     for q in QS {
-        let got = prometheus.query(&format!("histogram_quantile({q}, sum({HISTOGRAM}))")).unwrap();
+        let got = prometheus.query_value(&format!("histogram_quantile({q}, sum({HISTOGRAM}))"), None).unwrap();
         let exact = exact_quantile(&raw, q);
         eprintln!("prometheus histogram_quantile({q}) = {got}, exact {exact}, error {:+.3}%", (got / exact - 1.0) * 100.0);
         assert!(within(got, exact, 0.01), "q {q}: prometheus {got} vs exact {exact}");
@@ -265,10 +191,10 @@ fn closed_intervals_reach_prometheus_victoria_metrics_and_a_flaky_receiver() {
     let flush = || {
         let _ = ureq::get(format!("{}/internal/force_flush", vm.base)).call();
     };
-    let got = vm.query_until(&format!("sum({COUNTER})"), flush, |v| v == total);
+    let got = vm.query_value_until(&format!("sum({COUNTER})"), None, flush, |v| v == total);
     assert_eq!(got, total);
-    vm.query_until(&format!("sum({HISTOGRAM}_count)"), flush, |v| v == total);
-    let p99 = vm.query(&format!("{HISTOGRAM}{{quantile=\"0.99\"}}")).unwrap();
+    vm.query_value_until(&format!("sum({HISTOGRAM}_count)"), None, flush, |v| v == total);
+    let p99 = vm.query_value(&format!("{HISTOGRAM}{{quantile=\"0.99\"}}"), None).unwrap();
     let exact = exact_quantile(&raw, 0.99);
     assert!(within(p99, exact, 0.01), "victoria-metrics p99 {p99} vs exact {exact}");
 

@@ -7,7 +7,7 @@
 //!
 //! The real servers are required: a missing binary fails the test.
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use shoal_collector::config::RemoteWriteConfig;
 use shoal_collector::remote_write::disk_queue::queue_dir;
 use shoal_collector::remote_write::{
@@ -19,7 +19,7 @@ use shoal_core::Sketch;
 use shoal_proto as pb;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -27,116 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const QS: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("shoal-rw-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A receiver process, killed (by its pid) and reaped on drop, also when a
-/// test panics. Declared before its `TempDir` so it dies first.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(binary: &str, tag: &str, args: impl Fn(&Path, u16) -> Vec<String>, ready_path: &str) -> Server {
-        let path = find_binary(binary);
-        let dir = TempDir::new(tag);
-        let port = free_port();
-        let log = dir.0.join("server.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&path)
-            .args(args(&dir.0, port))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
-        let server = Server { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if ureq::get(format!("{}{ready_path}", server.base)).call().is_ok() {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "{binary} not ready after 60 s; log:\n{}", server.log_tail());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    /// The single value of an instant PromQL / MetricsQL query at `time_ms`.
-    fn query(&self, query: &str, time_ms: i64) -> Option<f64> {
-        let time = format!("{:.3}", time_ms as f64 / 1000.0);
-        let body = ureq::get(format!("{}/api/v1/query", self.base))
-            .query("query", query)
-            .query("time", &time)
-            .call()
-            .unwrap_or_else(|e| panic!("query {query}: {e}; log:\n{}", self.log_tail()))
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["status"], "success", "{query}: {body}");
-        let result = v["data"]["result"].as_array().unwrap();
-        assert!(result.len() <= 1, "{query}: {body}");
-        result.first().map(|r| r["value"][1].as_str().unwrap().parse::<f64>().unwrap())
-    }
-
-    /// Polls `query` until it answers (bounded).
-    fn query_eventually(&self, query: &str, time_ms: i64, before: impl Fn()) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            before();
-            if let Some(v) = self.query(query, time_ms) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{query}: no result after 30 s; log:\n{}", self.log_tail());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-fn find_binary(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{name}` not found: install it (Debian: apt-get install prometheus victoria-metrics); this test does not skip")
-        })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+#[path = "../../tests/support/real_servers.rs"]
+mod real_servers;
+use real_servers::{exact_quantile, lognormal, within, ServerProcess, TempDir};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
@@ -144,24 +37,6 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
-/// Log-normal samples (Box-Muller), seeded.
-fn lognormal(rng: &mut impl Rng, mu: f64, sigma: f64) -> f64 {
-    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
-    let u2: f64 = rng.gen_range(0.0..1.0);
-    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-    (mu + sigma * z).exp()
-}
-
-/// Nearest-rank quantile of sorted samples.
-fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn within(actual: f64, expected: f64, tolerance: f64) -> bool {
-    ((actual - expected) / expected).abs() <= tolerance
 }
 
 /// Intervals of a multi-instance workload: four instances with different
@@ -228,16 +103,15 @@ fn push_all(rt: &tokio::runtime::Runtime, target: RemoteWriteTarget, intervals: 
 
 #[test]
 fn prometheus_native_histograms_quantiles_and_exact_counters() {
-    let prom = Server::start(
+    let prom = ServerProcess::start(
         "prometheus",
-        "prom",
-        |dir, port| {
+        |dir, addr| {
             let config = dir.join("prometheus.yml");
             std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
             vec![
                 format!("--config.file={}", config.display()),
                 format!("--storage.tsdb.path={}", dir.join("data").display()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
+                format!("--web.listen-address={addr}"),
                 "--web.enable-remote-write-receiver".into(),
                 "--enable-feature=native-histograms".into(),
             ]
@@ -256,27 +130,26 @@ fn prometheus_native_histograms_quantiles_and_exact_counters() {
     assert!(stats.last_success_unix_ms.is_some());
 
     let at = w.intervals.last().unwrap().end_ms;
-    let total = prom.query_eventually("sum(rw_requests_total)", at, || {});
+    let total = prom.query_value_until("sum(rw_requests_total)", Some(at), || {}, |_| true);
     assert_eq!(total, w.counter_total as f64);
     assert_eq!(total as u64, w.counter_total);
     for q in QS {
-        let got = prom.query_eventually(&format!("histogram_quantile({q}, sum(rw_latency_seconds))"), at, || {});
+        let got = prom.query_value_until(&format!("histogram_quantile({q}, sum(rw_latency_seconds))"), Some(at), || {}, |_| true);
         let exact = exact_quantile(&w.raw, q);
         eprintln!("prometheus histogram_quantile({q}) = {got}, exact {exact}, error {:+.3}%", (got / exact - 1.0) * 100.0);
         assert!(within(got, exact, 0.01), "q {q}: prometheus {got} vs exact {exact}");
     }
-    let count = prom.query_eventually("histogram_count(sum(rw_latency_seconds))", at, || {});
+    let count = prom.query_value_until("histogram_count(sum(rw_latency_seconds))", Some(at), || {}, |_| true);
     assert_eq!(count, w.raw.len() as f64);
 }
 
 #[test]
 fn victoria_metrics_summaries_and_exact_counters() {
-    let vm = Server::start(
+    let vm = ServerProcess::start(
         "victoria-metrics",
-        "vm",
-        |dir, port| {
+        |dir, addr| {
             vec![
-                format!("-httpListenAddr=127.0.0.1:{port}"),
+                format!("-httpListenAddr={addr}"),
                 format!("-storageDataPath={}", dir.join("data").display()),
                 "-search.latencyOffset=1s".into(),
             ]
@@ -294,17 +167,17 @@ fn victoria_metrics_summaries_and_exact_counters() {
         ureq::get(format!("{}/internal/force_flush", vm.base)).call().unwrap();
     };
     let at = w.intervals.last().unwrap().end_ms;
-    let total = vm.query_eventually("sum(vm_requests_total)", at, flush);
+    let total = vm.query_value_until("sum(vm_requests_total)", Some(at), flush, |_| true);
     assert_eq!(total as u64, w.counter_total);
     let ExportValue::Histogram(sent) = &w.intervals.last().unwrap().series[1].value else { unreachable!() };
     for &(q, sent_value) in &sent.quantiles {
-        let got = vm.query_eventually(&format!("vm_latency_seconds{{quantile=\"{q}\"}}"), at, flush);
+        let got = vm.query_value_until(&format!("vm_latency_seconds{{quantile=\"{q}\"}}"), Some(at), flush, |_| true);
         // VictoriaMetrics stores decimals of ~12 significant digits.
         assert!(within(got, sent_value, 1e-9), "q {q}: vm {got} vs sent {sent_value}");
         let exact = exact_quantile(&w.raw, q);
         assert!(within(got, exact, 0.01), "q {q}: vm {got} vs exact {exact}");
     }
-    let count = vm.query_eventually("vm_latency_seconds_count", at, flush);
+    let count = vm.query_value_until("vm_latency_seconds_count", Some(at), flush, |_| true);
     assert_eq!(count, w.raw.len() as f64);
 
     // Known behaviour: a native histogram is accepted (204) and silently dropped.
@@ -316,7 +189,7 @@ fn victoria_metrics_summaries_and_exact_counters() {
     assert_eq!((writer.stats().requests_sent, writer.stats().histograms_sent), (1, 1));
     flush();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(vm.query("count({__name__=~\"vm_native_seconds.*\"})", at), None);
+    assert_eq!(vm.query_value("count({__name__=~\"vm_native_seconds.*\"})", Some(at)), None);
 }
 
 /// What an in-test receiver saw, and what it answered.

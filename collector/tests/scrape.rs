@@ -7,130 +7,41 @@
 //!
 //! The real Prometheus is required: a missing binary fails the test.
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use shoal_collector::remote_write::NativeBuckets;
 use shoal_collector::scrape::{self, proto::MetricType};
 use shoal_collector::{Collector, Config};
 use shoal_core::Sketch;
 use shoal_proto as pb;
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const HISTOGRAM: &str = "scrape_latency_seconds";
 const PROTOBUF_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
+#[path = "../../tests/support/real_servers.rs"]
+mod real_servers;
+use real_servers::{lognormal, ServerProcess};
 
-impl TempDir {
-    fn new() -> TempDir {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("shoal-scrape-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Prometheus, killed (by its pid) and reaped on drop, also when the test
-/// panics. Declared before its `TempDir` so it dies first.
-struct Prometheus {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    fn start(target: std::net::SocketAddr) -> Prometheus {
-        let binary = ["/usr/bin", "/usr/local/bin"]
-            .iter()
-            .map(|d| PathBuf::from(d).join("prometheus"))
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join("prometheus")))
-            .find(|p| p.is_file())
-            .expect("`prometheus` not found: install it (Debian: apt-get install prometheus); this test does not skip");
-        let dir = TempDir::new();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = dir.0.join("prometheus.yml");
-        let yaml = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: shoal\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n"
-        );
-        std::fs::write(&config, yaml).unwrap();
-        let log = dir.0.join("prometheus.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--enable-feature=native-histograms")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let prom = Prometheus { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(format!("{}/-/ready", prom.base)).call().is_err() {
-            assert!(Instant::now() < deadline, "prometheus not ready after 60 s; log:\n{}", prom.log_tail());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        prom
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    /// The instant-query result vector.
-    fn query(&self, query: &str) -> Vec<serde_json::Value> {
-        let body = ureq::get(format!("{}/api/v1/query", self.base))
-            .query("query", query)
-            .call()
-            .unwrap_or_else(|e| panic!("query {query}: {e}; log:\n{}", self.log_tail()))
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["status"], "success", "{query}: {body}");
-        v["data"]["result"].as_array().unwrap().clone()
-    }
-
-    /// Polls `query` (bounded) until its single result satisfies `done`.
-    fn query_until(&self, query: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let result = self.query(query);
-            assert!(result.len() <= 1, "{query}: {result:?}");
-            if let Some(r) = result.into_iter().next().filter(|r| done(r)) {
-                return r;
-            }
-            assert!(Instant::now() < deadline, "{query}: not there after 60 s; log:\n{}", self.log_tail());
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-/// Log-normal samples (Box-Muller).
-fn lognormal(rng: &mut impl Rng, mu: f64, sigma: f64) -> f64 {
-    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
-    let u2: f64 = rng.gen_range(0.0..1.0);
-    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-    (mu + sigma * z).exp()
+/// Prometheus with native histograms on, scraping `target` every second.
+fn prometheus_scraping(target: std::net::SocketAddr) -> ServerProcess {
+    ServerProcess::start(
+        "prometheus",
+        |dir, addr| {
+            let config = dir.join("prometheus.yml");
+            let yaml = format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: shoal\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n"
+            );
+            std::fs::write(&config, yaml).unwrap();
+            vec![
+                format!("--config.file={}", config.display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address={addr}"),
+                "--enable-feature=native-histograms".into(),
+            ]
+        },
+        "/-/ready",
+    )
 }
 
 fn definition(r#ref: u32, name: &str, help: &str) -> pb::SeriesDefinition {
@@ -292,7 +203,7 @@ fn prometheus_scrapes_native_histograms_equal_to_the_merged_sketch() {
         expected_buckets(&native).len()
     );
 
-    let prom = Prometheus::start(collector.http_addr());
+    let prom = prometheus_scraping(collector.http_addr());
     let count = samples as f64;
     let result = prom.query_until(HISTOGRAM, |r| r["histogram"][1]["count"].as_str().map(|c| c.parse::<f64>().unwrap()) == Some(count));
     assert_eq!(result["metric"]["service"], "checkout");
@@ -336,8 +247,8 @@ fn prometheus_scrapes_native_histograms_equal_to_the_merged_sketch() {
     let depth = prom.query_until("scrape_queue_depth", |_| true);
     assert_eq!(number(&depth["value"][1]), 4.0 * 2.5);
     // No summary series were ingested: the protobuf answer has no quantiles.
-    assert!(prom.query(&format!("{{__name__=~\"{HISTOGRAM}_.*\"}}")).is_empty());
-    assert!(prom.query(&format!("{HISTOGRAM}{{quantile!=\"\"}}")).is_empty());
+    assert!(prom.query(&format!("{{__name__=~\"{HISTOGRAM}_.*\"}}"), None).is_empty());
+    assert!(prom.query(&format!("{HISTOGRAM}{{quantile!=\"\"}}"), None).is_empty());
     // The scrape itself is healthy.
     let up = prom.query_until("up{job=\"shoal\"}", |_| true);
     assert_eq!(number(&up["value"][1]), 1.0);

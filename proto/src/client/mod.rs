@@ -588,3 +588,30 @@ impl State {
         SendOutcome::Failed(why)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_counters_send_their_growth_once_and_gauges_every_time() {
+        let mut sent = HashMap::new();
+        let own = |batches: u64, pending: f64| {
+            let mut o = OwnMetrics::default();
+            o.counter("shoal_flush_batches_sent_total", "h", &[], batches);
+            o.gauge("shoal_flush_pending_series", "h", &[], pending);
+            o
+        };
+        let first = own_deltas(&own(3, 7.0), &mut sent);
+        assert_eq!(first.counters.iter().map(|c| c.delta).collect::<Vec<_>>(), [3]);
+        assert_eq!(first.gauges.iter().map(|g| g.value).collect::<Vec<_>>(), [7.0]);
+        // No growth: no counter delta, the gauge still goes.
+        let second = own_deltas(&own(3, 0.0), &mut sent);
+        assert!(second.counters.is_empty());
+        assert_eq!(second.gauges.len(), 1);
+        // Growth of 2: a delta of 2.
+        let third = own_deltas(&own(5, 0.0), &mut sent);
+        assert_eq!(third.counters[0].delta, 2);
+        assert_eq!(sent.get("shoal_flush_batches_sent_total"), Some(&5));
+    }
+}

@@ -1,0 +1,191 @@
+//! Real servers for end-to-end tests (Prometheus, VictoriaMetrics): started
+//! on 127.0.0.1 with temporary storage, queried over their HTTP API, killed
+//! by pid and reaped on drop (also when a test panics).
+//!
+//! Shared by the suite's tests and the collector's (`#[path]` include), so
+//! that there is one way to run a real TSDB in a test. A missing binary fails
+//! the test with an install hint: these tests exist to run the real thing.
+#![allow(dead_code)] // each including test uses part of it
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new empty directory whose name starts with `tag`.
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("shoal-{tag}-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Path of an executable on `PATH` (or in /usr/bin, /usr/sbin).
+pub fn find_binary(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` not found: these tests run the real server and do not skip. Install it \
+                 (Debian: apt-get install prometheus victoria-metrics), or run scripts/test, which does."
+            )
+        })
+}
+
+/// A free loopback address (the port may be taken again before use: callers
+/// that bind late retry).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A server process with its own temporary directory. Fields drop in order:
+/// the process dies before its directory is removed.
+pub struct ServerProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    log: PathBuf,
+    dir: TempDir,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    /// Starts `binary` with `args(dir, listen address)` and waits (at most
+    /// 60 s) until `GET ready_path` answers.
+    pub fn start(binary: &str, args: impl Fn(&Path, SocketAddr) -> Vec<String>, ready_path: &str) -> ServerProcess {
+        let path = find_binary(binary);
+        let dir = TempDir::new(binary);
+        let addr = free_addr();
+        let log = dir.0.join("server.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&path)
+            .args(args(&dir.0, addr))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+        let mut server = ServerProcess { child, base: format!("http://{addr}"), log, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("{binary} exited during startup ({status}); log:\n{}", server.log_tail());
+            }
+            if ureq::get(format!("{}{ready_path}", server.base)).call().is_ok() {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "{binary} not ready after 60 s; log:\n{}", server.log_tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's temporary directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    /// Pid of the server process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last 30 lines the server logged (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// `data.result` of an instant PromQL / MetricsQL query, at `at_ms`
+    /// (Unix ms) or now.
+    pub fn query(&self, query: &str, at_ms: Option<i64>) -> Vec<serde_json::Value> {
+        let mut request = ureq::get(format!("{}/api/v1/query", self.base)).query("query", query);
+        if let Some(ms) = at_ms {
+            request = request.query("time", format!("{:.3}", ms as f64 / 1000.0));
+        }
+        let body =
+            request.call().unwrap_or_else(|e| panic!("query {query}: {e}; log:\n{}", self.log_tail())).body_mut().read_to_string().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {query}: {e}: {body}"));
+        assert_eq!(v["status"], "success", "{query}: {body}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The value of a query that names at most one series; None while it
+    /// names none.
+    pub fn query_value(&self, query: &str, at_ms: Option<i64>) -> Option<f64> {
+        let result = self.query(query, at_ms);
+        assert!(result.len() <= 1, "{query}: {result:?}");
+        result.first().map(|r| r["value"][1].as_str().unwrap().parse::<f64>().unwrap())
+    }
+
+    /// Polls `query_value` (calling `before` first each time) until it
+    /// answers a value `accept` takes; fails after 30 s.
+    pub fn query_value_until(&self, query: &str, at_ms: Option<i64>, before: impl Fn(), accept: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = None;
+        while Instant::now() < deadline {
+            before();
+            last = self.query_value(query, at_ms);
+            if let Some(v) = last.filter(|v| accept(*v)) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{query}: last answer {last:?} after 30 s; log:\n{}", self.log_tail());
+    }
+
+    /// Polls a query that names at most one series until its result
+    /// satisfies `done`; fails after 60 s.
+    pub fn query_until(&self, query: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = None;
+        while Instant::now() < deadline {
+            let result = self.query(query, None);
+            assert!(result.len() <= 1, "{query}: {result:?}");
+            last = result.into_iter().next();
+            if let Some(v) = last.as_ref().filter(|v| done(v)) {
+                return v.clone();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{query}: last answer {last:?} after 60 s; log:\n{}", self.log_tail());
+    }
+}
+
+/// A log-normal sample (latency-like).
+pub fn lognormal(rng: &mut impl rand::Rng, mu: f64, sigma: f64) -> f64 {
+    // Box-Muller.
+    let (u1, u2): (f64, f64) = (rng.gen_range(f64::EPSILON..1.0), rng.gen_range(0.0..1.0));
+    (mu + sigma * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()).exp()
+}
+
+/// The exact `q` quantile of sorted samples (nearest rank, as the sketch).
+pub fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// `actual` within `tolerance` (relative) of `expected`.
+pub fn within(actual: f64, expected: f64, tolerance: f64) -> bool {
+    ((actual - expected) / expected).abs() <= tolerance
+}

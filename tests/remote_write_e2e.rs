@@ -20,7 +20,7 @@ mod real_servers;
 
 use common::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use real_servers::{within, ServerProcess};
+use real_servers::{prometheus_receiver, victoria_metrics, within};
 use shoal_collector::config::RemoteWriteConfig;
 use shoal_collector::remote_write::{decode_request, HistogramMode};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -101,32 +101,8 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<(u16, Vec<u8>)>>, failures: usize) {
 
 #[test]
 fn closed_intervals_reach_prometheus_victoria_metrics_and_a_flaky_receiver() {
-    let prometheus = ServerProcess::start(
-        "prometheus",
-        |dir, addr| {
-            let config = dir.join("prometheus.yml");
-            std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
-            vec![
-                format!("--config.file={}", config.display()),
-                format!("--storage.tsdb.path={}", dir.join("data").display()),
-                format!("--web.listen-address={addr}"),
-                "--web.enable-remote-write-receiver".into(),
-                "--enable-feature=native-histograms".into(),
-            ]
-        },
-        "/-/ready",
-    );
-    let vm = ServerProcess::start(
-        "victoria-metrics",
-        |dir, addr| {
-            vec![
-                format!("-httpListenAddr={addr}"),
-                format!("-storageDataPath={}", dir.join("data").display()),
-                "-search.latencyOffset=1s".into(),
-            ]
-        },
-        "/health",
-    );
+    let prometheus = prometheus_receiver();
+    let vm = victoria_metrics();
     let (flaky_url, flaky) = flaky_receiver(3);
     let collector = start_collector(None, |c| {
         c.interval_secs = 1;

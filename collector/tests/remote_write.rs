@@ -29,7 +29,7 @@ const QS: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
 #[path = "../../tests/support/real_servers.rs"]
 mod real_servers;
-use real_servers::{exact_quantile, lognormal, within, ServerProcess, TempDir};
+use real_servers::{exact_quantile, lognormal, prometheus_receiver, victoria_metrics, within, TempDir};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
@@ -103,21 +103,7 @@ fn push_all(rt: &tokio::runtime::Runtime, target: RemoteWriteTarget, intervals: 
 
 #[test]
 fn prometheus_native_histograms_quantiles_and_exact_counters() {
-    let prom = ServerProcess::start(
-        "prometheus",
-        |dir, addr| {
-            let config = dir.join("prometheus.yml");
-            std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
-            vec![
-                format!("--config.file={}", config.display()),
-                format!("--storage.tsdb.path={}", dir.join("data").display()),
-                format!("--web.listen-address={addr}"),
-                "--web.enable-remote-write-receiver".into(),
-                "--enable-feature=native-histograms".into(),
-            ]
-        },
-        "/-/ready",
-    );
+    let prom = prometheus_receiver();
     let w = workload("rw_latency_seconds", "rw_requests", now_ms() - 60_000);
     let rt = runtime();
     let mut target = RemoteWriteTarget::new(format!("{}/api/v1/write", prom.base));
@@ -145,17 +131,7 @@ fn prometheus_native_histograms_quantiles_and_exact_counters() {
 
 #[test]
 fn victoria_metrics_summaries_and_exact_counters() {
-    let vm = ServerProcess::start(
-        "victoria-metrics",
-        |dir, addr| {
-            vec![
-                format!("-httpListenAddr={addr}"),
-                format!("-storageDataPath={}", dir.join("data").display()),
-                "-search.latencyOffset=1s".into(),
-            ]
-        },
-        "/health",
-    );
+    let vm = victoria_metrics();
     let w = workload("vm_latency_seconds", "vm_requests_total", now_ms() - 60_000);
     let rt = runtime();
     let writer = push_all(&rt, RemoteWriteTarget::new(format!("{}/api/v1/write", vm.base)), &w.intervals);

@@ -172,6 +172,40 @@ impl ServerProcess {
     }
 }
 
+/// Prometheus 2.42 as a remote-write receiver, native histograms on.
+pub fn prometheus_receiver() -> ServerProcess {
+    ServerProcess::start(
+        "prometheus",
+        |dir, addr| {
+            let config = dir.join("prometheus.yml");
+            std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
+            vec![
+                format!("--config.file={}", config.display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address={addr}"),
+                "--web.enable-remote-write-receiver".into(),
+                "--enable-feature=native-histograms".into(),
+            ]
+        },
+        "/-/ready",
+    )
+}
+
+/// VictoriaMetrics 1.79 (single node); query after `/internal/force_flush`.
+pub fn victoria_metrics() -> ServerProcess {
+    ServerProcess::start(
+        "victoria-metrics",
+        |dir, addr| {
+            vec![
+                format!("-httpListenAddr={addr}"),
+                format!("-storageDataPath={}", dir.join("data").display()),
+                "-search.latencyOffset=1s".into(),
+            ]
+        },
+        "/health",
+    )
+}
+
 /// A log-normal sample (latency-like).
 pub fn lognormal(rng: &mut impl rand::Rng, mu: f64, sigma: f64) -> f64 {
     // Box-Muller.

@@ -36,6 +36,8 @@ fn the_sdk_refuses_bad_series_locally_and_the_healthy_counter_arrives_exactly() 
                 metrics::counter!("conflict").increment(1);
                 metrics::gauge!("conflict").set(2.0);
                 metrics::histogram!("bad_key", "__reserved" => "1").record(1.0);
+                // The very key of one of the SDK's own series.
+                metrics::gauge!("shoal_series", "kind" => "gauge").set(1e9);
             }
         }
     });
@@ -46,7 +48,7 @@ fn the_sdk_refuses_bad_series_locally_and_the_healthy_counter_arrives_exactly() 
     assert!(!text.contains("big=") && !text.contains(&long_name) && !text.contains("bad_key"), "refused series never sent");
     // The SDK counts each refusal with its reason...
     let local = shoal.render_prometheus();
-    for reason in ["label_value_too_long", "name_too_long", "kind_conflict", "invalid_label_key"] {
+    for reason in ["label_value_too_long", "name_too_long", "kind_conflict", "invalid_label_key", "reserved_name"] {
         let n = sample(&local, &format!(r#"shoal_rejected_series_total{{reason="{reason}"}}"#)).unwrap();
         assert!(n >= 1.0, "{reason}: {n}\n{local}");
     }
@@ -58,12 +60,16 @@ fn the_sdk_refuses_bad_series_locally_and_the_healthy_counter_arrives_exactly() 
     assert_eq!(sample(&text, r#"shoal_collector_batches_rejected_total{reason="invalid_field"}"#), Some(0.0));
     // ...and the collector shows the SDK's own counts too: they arrive as
     // ordinary series of the instance, so a fleet's own losses are visible.
-    for reason in ["label_value_too_long", "name_too_long", "kind_conflict", "invalid_label_key"] {
+    for reason in ["label_value_too_long", "name_too_long", "kind_conflict", "invalid_label_key", "reserved_name"] {
         let series = format!(r#"shoal_rejected_series_total{{reason="{reason}"}}"#);
         let at_collector = format!(r#"shoal_rejected_series_total{{reason="{reason}",service="poison"}}"#);
         assert_eq!(sample(&text, &at_collector), sample(&local, &series), "{reason}: {text}");
     }
     assert_eq!(sample(&text, r#"shoal_rejected_updates_total{kind="counter",service="poison"}"#), Some(67.0), "{text}");
+    // The application's "shoal_series" was refused: the collector holds the SDK's own count.
+    let own_gauges = sample(&local, r#"shoal_series{kind="gauge"}"#);
+    assert!(own_gauges.is_some_and(|n| n < 1e9), "{local}");
+    assert_eq!(sample(&text, r#"shoal_series{kind="gauge",service="poison"}"#), own_gauges, "{text}");
     shoal.shutdown().unwrap();
     collector.shutdown().unwrap();
 }

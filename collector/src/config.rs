@@ -242,6 +242,11 @@ impl Config {
         if self.gauge_stale_intervals == 0 {
             return Err("gauge_stale_intervals must be at least 1".into());
         }
+        if self.series_expiry_secs != 0 && self.series_expiry_secs < 2 * self.interval_secs {
+            // Shorter, a series flushed once per interval would expire
+            // between two of its own updates.
+            return Err(format!("series_expiry_secs must be 0 (never) or at least 2 × interval_secs ({})", 2 * self.interval_secs));
+        }
         if let Some(q) = self.quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
             return Err(format!("quantile {q} is not in [0, 1]"));
         }
@@ -332,6 +337,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_expiry_is_never_or_at_least_two_intervals() {
+        let with = |expiry, interval| Config { series_expiry_secs: expiry, interval_secs: interval, ..Config::default() }.validate();
+        assert!(with(0, 10).is_ok());
+        assert!(with(20, 10).is_ok());
+        let err = with(15, 10).unwrap_err();
+        assert!(err.contains("series_expiry_secs") && err.contains("20"), "{err}");
+    }
 
     #[test]
     fn toml_overrides_defaults_and_rejects_unknown_keys() {

@@ -224,7 +224,7 @@ async fn serve_on(
             let closed = unix_millis() / step;
             if closed > last_closed {
                 last_closed = closed;
-                push_interval(&aggregator, &remote, (closed * step) as i64).await;
+                push_interval(&aggregator, durable.as_ref(), &remote, (closed * step) as i64).await;
             }
         }
     });
@@ -241,7 +241,7 @@ async fn serve_on(
         if !remote.writers().is_empty() {
             // What was merged since the last close (the SDKs' final flushes)
             // goes out too, then the queues drain within the grace period.
-            push_interval(&shared.aggregator, &remote, unix_millis() as i64).await;
+            push_interval(&shared.aggregator, shared.durable.as_ref(), &remote, unix_millis() as i64).await;
             // Every push has finished: the set is ours alone again.
             let stats = match Arc::try_unwrap(remote) {
                 Ok(remote) => remote.shutdown(grace).await,
@@ -275,11 +275,31 @@ fn unix_millis() -> u64 {
 /// Takes the rollups under the lock (clones), builds the interval ending at
 /// `end_ms` off it and queues it on every target, on a blocking thread
 /// (building takes a while; a durable queue writes and fsyncs a file).
-async fn push_interval(aggregator: &Arc<Mutex<Aggregator>>, remote: &Arc<remote_write::RemoteWriteSet>, end_ms: i64) {
+/// Exports the rollups and queues them on every remote-write target. A
+/// durable collector first waits until everything the export saw is on disk:
+/// a value pushed out must never be one a crash could take back (the
+/// receiver would see a counter go down, then the SDK's resend counted
+/// twice). While degraded, the interval is skipped; counters are cumulative,
+/// so the next one covers it.
+async fn push_interval(
+    aggregator: &Arc<Mutex<Aggregator>>,
+    durable: Option<&Arc<persist::Durable>>,
+    remote: &Arc<remote_write::RemoteWriteSet>,
+    end_ms: i64,
+) {
     if remote.writers().is_empty() {
         return;
     }
-    let export = aggregator.lock().export(aggregate::unix_secs());
+    let (export, ticket) = {
+        let agg = aggregator.lock();
+        (agg.export(aggregate::unix_secs()), durable.map(|d| d.last_ticket()))
+    };
+    if let (Some(d), Some(ticket)) = (durable, ticket) {
+        if d.wait(ticket).await.is_err() {
+            tracing::warn!("remote-write: interval skipped, the write-ahead log is failing (the next interval carries the totals)");
+            return;
+        }
+    }
     let remote = remote.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || remote.push(export.into_interval(end_ms))).await {
         tracing::error!("remote-write: building or queueing the interval failed: {e}");

@@ -121,7 +121,7 @@ impl Durable {
                     .map_err(|e| format!("corrupt checkpoint {}: cannot decode: {e}", c.path.display()))?;
                 restored.checkpoint_lsn = c.lsn.0;
                 Aggregator::restore(config.clone(), scratch.clone(), snapshot)
-                    .map_err(|e| format!("corrupt checkpoint {}: {e}", c.path.display()))?
+                    .map_err(|e| format!("cannot restore checkpoint {}: {e}", c.path.display()))?
             }
             None => Aggregator::new(config.clone(), scratch.clone()),
         };
@@ -174,6 +174,13 @@ impl Durable {
     /// Whether a failed write is not yet covered by a checkpoint.
     pub fn degraded(&self) -> bool {
         self.track.borrow().failed.is_some()
+    }
+
+    /// The ticket of the last record queued: once it is durable, so is
+    /// every change made before this call (read it under the aggregator
+    /// lock to cover exactly what that lock saw).
+    pub(crate) fn last_ticket(&self) -> u64 {
+        self.next_ticket.load(Relaxed)
     }
 
     /// Queues a record and returns its ticket. Call under the aggregator

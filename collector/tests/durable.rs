@@ -296,3 +296,22 @@ fn an_expired_series_does_not_come_back_after_a_restart() {
     rt.block_on(async { client(&c).await.flush(batch("e", 2, false, 1)).await.unwrap() });
     assert_eq!(sample(&c.render_metrics(), "jobs_total"), Some(1));
 }
+
+#[test]
+fn a_restart_with_another_interval_is_refused_with_the_reason() {
+    // Points are indexed by interval; read with another one they would land
+    // in the wrong place (or the future, where retention never trims them).
+    let dir = TempDir::new("interval");
+    let rt = runtime();
+    let first = Collector::start(config(&dir.0)).unwrap();
+    rt.block_on(async {
+        client(&first).await.flush(batch("a", 1, true, 5)).await.unwrap();
+    });
+    first.shutdown().unwrap();
+    let other = Config { interval_secs: 5, ..config(&dir.0) };
+    let err = Collector::start(other).err().expect("a checkpoint of 10 s intervals is not read as 5 s ones");
+    assert!(err.contains("interval_secs = 10") && err.contains("checkpoint"), "{err}");
+    // The data is untouched: the right interval still restores it.
+    let again = Collector::start(config(&dir.0)).unwrap();
+    assert_eq!(sample(&again.render_metrics(), "jobs_total"), Some(5));
+}

@@ -6,6 +6,17 @@
 use crate::exposition::{format_value, TextWriter};
 use crate::key::SeriesKey;
 
+/// Metric names starting with this are shoal's own (the SDK's health
+/// series, the collector's self-metrics): an application may not register
+/// one, so its series can never collide with them in a batch or on a
+/// collector's `/metrics`.
+pub const RESERVED_PREFIX: &str = "shoal_";
+
+/// Whether `name` (as exposed, sanitised) is reserved for shoal's own series.
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
+}
+
 /// The value of one own series.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OwnValue {

@@ -127,20 +127,24 @@ pub enum Refusal {
     Fault(SeriesFault),
     /// Its metric name is registered as another kind.
     KindConflict,
+    /// Its metric name starts with `shoal_`, reserved for shoal's own series
+    /// (which travel to the collector beside the application's).
+    ReservedName,
 }
 
 impl Refusal {
-    const COUNT: usize = SeriesFault::ALL.len() + 1;
+    const COUNT: usize = SeriesFault::ALL.len() + 2;
 
     /// Every reason, in exposition order.
     pub fn all() -> impl Iterator<Item = Refusal> {
-        SeriesFault::ALL.into_iter().map(Refusal::Fault).chain([Refusal::KindConflict])
+        SeriesFault::ALL.into_iter().map(Refusal::Fault).chain([Refusal::KindConflict, Refusal::ReservedName])
     }
 
     fn index(self) -> usize {
         match self {
             Refusal::Fault(f) => SeriesFault::ALL.iter().position(|&x| x == f).unwrap_or(0),
             Refusal::KindConflict => SeriesFault::ALL.len(),
+            Refusal::ReservedName => SeriesFault::ALL.len() + 1,
         }
     }
 
@@ -149,6 +153,7 @@ impl Refusal {
         match self {
             Refusal::Fault(f) => f.as_str(),
             Refusal::KindConflict => "kind_conflict",
+            Refusal::ReservedName => "reserved_name",
         }
     }
 }
@@ -166,6 +171,16 @@ impl SelfStats {
         let exposed = key.exposed();
         check_series(exposed.name(), exposed.labels().iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|r| (Refusal::Fault(r.fault), r.message))?;
+        if shoal_core::own::is_reserved(exposed.name()) {
+            return Err((
+                Refusal::ReservedName,
+                format!(
+                    "metric {:?}: names starting with {:?} are shoal's own",
+                    truncate(exposed.name()),
+                    shoal_core::own::RESERVED_PREFIX
+                ),
+            ));
+        }
         let mut kinds = self.kinds.lock();
         match kinds.get(exposed.name()) {
             Some(&first) if first != kind => Err((

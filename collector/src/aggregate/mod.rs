@@ -86,6 +86,9 @@ pub struct Aggregator {
     stats: Arc<Stats>,
 }
 
+/// Descriptions of names without series kept at most (see `maintain`).
+const DESCRIPTIONS_SLACK: usize = 10_000;
+
 /// Seconds since the Unix epoch.
 pub fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
@@ -339,7 +342,7 @@ impl Aggregator {
         let series_expiry = self.config.series_expiry_secs;
         if series_expiry > 0 {
             let before = self.series.len();
-            let (per_name, kinds, descriptions) = (&mut self.series_per_name, &mut self.kinds_by_name, &mut self.descriptions);
+            let (per_name, kinds) = (&mut self.series_per_name, &mut self.kinds_by_name);
             self.series.retain(|_, s| {
                 if now.saturating_sub(s.last_update) < series_expiry {
                     return true;
@@ -350,7 +353,6 @@ impl Aggregator {
                     if *n == 0 {
                         per_name.remove(name);
                         kinds.remove(name);
-                        descriptions.remove(name);
                     }
                 }
                 false
@@ -363,6 +365,14 @@ impl Aggregator {
                 let series = &self.series;
                 for i in self.instances.values_mut() {
                     i.gauges.retain(|k, _| series.contains_key(k));
+                }
+                // A description outlives its name's series: an SDK brings
+                // an expired series back by ref, without its definition
+                // (and HELP) again. Bounded: past the slack, only names
+                // with series keep theirs.
+                if self.descriptions.len() > self.series_per_name.len() + DESCRIPTIONS_SLACK {
+                    let per_name = &self.series_per_name;
+                    self.descriptions.retain(|name, _| per_name.contains_key(name));
                 }
             }
         }
@@ -653,6 +663,21 @@ mod tests {
         let interval = a.export(unix_secs()).into_interval(1);
         let s = interval.series.iter().find(|s| s.name == "req_total").unwrap();
         assert_eq!((s.help.as_deref(), s.unit.as_deref()), (Some("Requests\nserved"), Some("requests")));
+    }
+
+    #[test]
+    fn a_series_back_from_expiry_by_ref_keeps_its_help() {
+        let mut a = agg(|c| c.series_expiry_secs = 60);
+        let now = unix_secs();
+        let defs = vec![pb::SeriesDefinition { help: "Jobs done.".into(), ..def(1, "jobs_total", &[]) }];
+        a.apply(&batch("i", 1, defs, &[(1, 1)]), now - 120).unwrap();
+        a.maintain(now);
+        assert_eq!(a.series_count(), 0, "expired");
+        // The SDK knows ref 1 is defined: it sends the update by ref only.
+        a.apply(&batch("i", 2, vec![], &[(1, 1)]), now).unwrap();
+        assert_eq!(a.series_count(), 1);
+        let text = crate::http::render(&a, &a.stats);
+        assert!(text.contains("# HELP jobs_total Jobs done.\n"), "{text}");
     }
 
     #[test]

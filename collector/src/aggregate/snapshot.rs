@@ -44,6 +44,9 @@ pub struct Snapshot {
     /// HELP and unit per metric name.
     #[prost(message, repeated, tag = "6")]
     pub descriptions: Vec<SnapDescription>,
+    /// The rollup interval the points are indexed by (0: unknown).
+    #[prost(uint64, tag = "7")]
+    pub interval_secs: u64,
 }
 
 /// A metric name's HELP and unit.
@@ -231,7 +234,15 @@ impl Aggregator {
             .iter()
             .map(|(name, d)| SnapDescription { name: name.clone(), help: d.help.clone(), unit: d.unit.clone() })
             .collect();
-        Snapshot { version: SNAPSHOT_VERSION, epoch: self.epoch, keys: table.keys, series, instances, descriptions }
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            epoch: self.epoch,
+            keys: table.keys,
+            series,
+            instances,
+            descriptions,
+            interval_secs: self.config.interval_secs,
+        }
     }
 
     /// An aggregator holding `snapshot`, under `config`. The error says what
@@ -239,6 +250,14 @@ impl Aggregator {
     pub fn restore(config: Config, stats: Arc<Stats>, snapshot: Snapshot) -> Result<Aggregator, String> {
         if snapshot.version != SNAPSHOT_VERSION {
             return Err(format!("snapshot version {} (this collector reads {SNAPSHOT_VERSION})", snapshot.version));
+        }
+        if snapshot.interval_secs != 0 && snapshot.interval_secs != config.interval_secs {
+            // Points are indexed by interval: they cannot be re-bucketed.
+            return Err(format!(
+                "written with interval_secs = {}, this collector runs with {}: start it with --interval-secs {} \
+                 (or move the data dir aside to start empty)",
+                snapshot.interval_secs, config.interval_secs, snapshot.interval_secs
+            ));
         }
         let mut agg = Aggregator::new(config, stats);
         agg.epoch = snapshot.epoch;
@@ -291,9 +310,7 @@ impl Aggregator {
             agg.instances.insert(i.id, instance);
         }
         for d in snapshot.descriptions {
-            if agg.kinds_by_name.contains_key(&d.name) {
-                agg.descriptions.insert(d.name, Description { help: d.help, unit: d.unit });
-            }
+            agg.descriptions.insert(d.name, Description { help: d.help, unit: d.unit });
         }
         Ok(agg)
     }

@@ -397,7 +397,8 @@ pub fn open_all(data_dir: &Path, targets: Vec<RemoteWriteTarget>) -> Vec<(Remote
             out.push((target, Box::<super::MemoryQueue>::default()));
             continue;
         }
-        let queue = DiskQueue::open(data_dir.join(REMOTE_WRITE_DIR).join(&id));
+        let mut queue = DiskQueue::open(data_dir.join(REMOTE_WRITE_DIR).join(&id));
+        queue.keep_parts_only_for(&split_of(&target));
         out.push((target, Box::new(queue)));
     }
     if let Ok(entries) = std::fs::read_dir(data_dir.join(REMOTE_WRITE_DIR)) {
@@ -418,6 +419,15 @@ pub fn open_all(data_dir: &Path, targets: Vec<RemoteWriteTarget>) -> Vec<(Remote
     }
     out
 }
+
+/// How a target splits an interval into requests: `parts_done` counts
+/// requests of that split, so it means nothing under another one.
+fn split_of(target: &RemoteWriteTarget) -> String {
+    format!("histograms={:?} max_samples_per_request={}\n", target.histograms, target.max_samples_per_request)
+}
+
+/// The file holding [`split_of`] of the intervals' `parts_done`.
+const SPLIT_FILE: &str = "split";
 
 fn is_interval(e: &std::fs::DirEntry) -> bool {
     matches!(e.file_name().to_str().and_then(parse_name), Some(FileName::Interval(_)))
@@ -456,6 +466,38 @@ impl DiskQueue {
     /// counted, and the queue then works from memory.
     pub fn open(dir: impl Into<PathBuf>) -> DiskQueue {
         DiskQueue::open_with(dir, Io::default())
+    }
+
+    /// Keeps the loaded `parts_done` only if they were counted under `split`
+    /// (the target's histogram mode and request size at the previous run);
+    /// otherwise those intervals are sent again from their first request
+    /// (at least once: receivers drop samples they already hold), never
+    /// with requests skipped. Records `split` for the next start.
+    pub fn keep_parts_only_for(&mut self, split: &str) {
+        let previous = std::fs::read_to_string(self.dir.join(SPLIT_FILE)).ok();
+        if previous.as_deref() == Some(split) {
+            return;
+        }
+        let mut reset = 0;
+        let resets: Vec<u64> = self.items.iter().filter(|e| e.item.parts_done > 0).map(|e| e.item.seq).collect();
+        for seq in resets {
+            reset += 1;
+            if let Some(e) = self.items.iter_mut().find(|e| e.item.seq == seq) {
+                e.item.parts_done = 0;
+                if e.parts_file {
+                    e.parts_file = false;
+                    if let Err(err) = self.remove_file(&parts_name(seq)) {
+                        tracing::warn!(dir = %self.dir.display(), "remote-write queue: {err}");
+                    }
+                }
+            }
+        }
+        if reset > 0 {
+            tracing::info!(dir = %self.dir.display(), reset, "remote-write queue: the target's split changed; partly sent intervals start again from their first request");
+        }
+        if let Err(err) = self.write_file(SPLIT_FILE, split.as_bytes()) {
+            tracing::warn!(dir = %self.dir.display(), "remote-write queue: {err}");
+        }
     }
 
     /// [`DiskQueue::open`] with its file operations going through `io`
@@ -796,6 +838,29 @@ mod tests {
         let q = open(dir.path());
         assert_eq!(q.len(), 1);
         assert_eq!(*q.iter().next().unwrap().interval, interval);
+    }
+
+    #[test]
+    fn parts_done_counted_under_another_split_start_again_from_the_first_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = open(dir.path());
+        q.keep_parts_only_for("histograms=Summary max_samples_per_request=2000\n");
+        q.push_back(item(0, small(1000)));
+        q.set_parts_done(0, 2);
+        drop(q);
+        // Same split: kept.
+        let mut q = open(dir.path());
+        q.keep_parts_only_for("histograms=Summary max_samples_per_request=2000\n");
+        assert_eq!(seqs(&q), vec![(0, 1000, 2)]);
+        drop(q);
+        // Another request size: the count means other requests, so none is skipped.
+        let mut q = open(dir.path());
+        q.keep_parts_only_for("histograms=Summary max_samples_per_request=500\n");
+        assert_eq!(seqs(&q), vec![(0, 1000, 0)]);
+        assert!(!files(dir.path()).contains(&parts_name(0)), "its parts file is gone");
+        drop(q);
+        let q = open(dir.path());
+        assert_eq!(seqs(&q), vec![(0, 1000, 0)], "and stays gone after a restart");
     }
 
     #[test]

@@ -274,8 +274,7 @@ fn unix_millis() -> u64 {
 
 /// Takes the rollups under the lock (clones), builds the interval ending at
 /// `end_ms` off it and queues it on every target, on a blocking thread
-/// (building takes a while; a durable queue writes and fsyncs a file).
-/// Exports the rollups and queues them on every remote-write target. A
+/// (building takes a while; a durable queue writes and fsyncs a file). A
 /// durable collector first waits until everything the export saw is on disk:
 /// a value pushed out must never be one a crash could take back (the
 /// receiver would see a counter go down, then the SDK's resend counted

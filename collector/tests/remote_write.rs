@@ -474,6 +474,45 @@ fn a_durable_queue_is_sent_after_a_clean_restart() {
     assert_eq!(interval_files(&data.0, &rx.url), 0, "delivered intervals leave the disk");
 }
 
+#[test]
+fn a_value_that_is_not_durable_is_never_pushed() {
+    // A failed log write leaves memory ahead of the disk: a crash then takes
+    // the merge back (the SDK resends it). What remote-write pushes must be
+    // what a crash cannot take back, or the receiver sees the counter fall,
+    // then rise twice.
+    use shoal_collector::durable::{FaultPlan, IoOp, WalOptions, ENOSPC};
+    let rx = Switchable::start(u64::MAX);
+    let data = TempDir::new("durable-push");
+    let rt = runtime();
+    let plan = FaultPlan::new();
+    let options = WalOptions { faults: Some(plan.clone()), ..WalOptions::default() };
+    let c = Collector::start_with(durable_config(&data.0, &rx.url), options).unwrap();
+    let send = |batch: pb::FlushRequest| {
+        rt.block_on(async {
+            let mut client = pb::ingest_client::IngestClient::connect(format!("http://{}", c.grpc_addr())).await.unwrap();
+            client.flush(batch).await.map(|r| r.into_inner())
+        })
+    };
+    send(jobs_batch(1, 5)).unwrap();
+    wait_until(20, "the durable total pushed", || rx.samples("jobs_total").iter().any(|s| s.1 == 5.0));
+    plan.fail_always(IoOp::Write, ENOSPC);
+    plan.fail_always(IoOp::Create, ENOSPC);
+    let status = send(jobs_batch(2, 100)).unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "merged in memory, not durable: {status:?}");
+    // Two interval closes while degraded: nothing of the 100 goes out.
+    std::thread::sleep(Duration::from_millis(2500));
+    let degraded = rx.samples("jobs_total");
+    assert!(degraded.iter().all(|s| s.1 == 5.0), "a value the log does not hold was pushed: {degraded:?}");
+    plan.heal();
+    // Like the SDK: resend until acknowledged (the recovery checkpoint makes it durable).
+    wait_until(20, "acknowledged once the disk heals", || send(jobs_batch(2, 100)).is_ok());
+    wait_until(20, "the durable total pushed", || rx.samples("jobs_total").iter().any(|s| s.1 == 105.0));
+    let all = rx.samples("jobs_total");
+    assert!(all.iter().all(|s| s.1 == 5.0 || s.1 == 105.0), "{all:?}");
+    assert!(all.windows(2).all(|w| w[0].1 <= w[1].1), "never falls: {all:?}");
+    c.shutdown().unwrap();
+}
+
 /// The daemon with a data dir and one remote-write target, on fresh ports.
 struct Daemon {
     child: Child,

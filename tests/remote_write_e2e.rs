@@ -15,12 +15,10 @@
 //! never skips, when `prometheus` or `victoria-metrics` is missing.
 
 mod common;
-#[path = "support/real_servers.rs"]
-mod real_servers;
 
+use common::real_servers::{prometheus_receiver, victoria_metrics, within};
 use common::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use real_servers::{prometheus_receiver, victoria_metrics, within};
 use shoal_collector::config::RemoteWriteConfig;
 use shoal_collector::remote_write::{decode_request, HistogramMode};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -52,10 +52,14 @@ pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-/// A server process with its own temporary directory. Fields drop in order:
-/// the process dies before its directory is removed.
+/// A server process with its own temporary directory. Dropping it (also
+/// while a test panics) kills the server by pid and reaps it. A watchdog
+/// shell, killed on drop too, kills the server should the test process die
+/// without unwinding (SIGKILL, abort), so no server outlives its test.
+/// Fields drop in order: the process dies before its directory is removed.
 pub struct ServerProcess {
     child: Child,
+    watchdog: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     log: PathBuf,
@@ -64,39 +68,85 @@ pub struct ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        // Child::kill sends SIGKILL to this pid; wait reaps it.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(w) = &mut self.watchdog {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 }
 
 impl ServerProcess {
     /// Starts `binary` with `args(dir, listen address)` and waits (at most
-    /// 60 s) until `GET ready_path` answers.
+    /// 60 s) until `GET ready_path` answers. The free port can be taken
+    /// between the probe and the server's bind: that is retried.
     pub fn start(binary: &str, args: impl Fn(&Path, SocketAddr) -> Vec<String>, ready_path: &str) -> ServerProcess {
         let path = find_binary(binary);
-        let dir = TempDir::new(binary);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match ServerProcess::try_start(&path, &args, ready_path) {
+                Ok(server) => return server,
+                Err(log) if attempts < 3 && log.contains("address already in use") => continue,
+                Err(log) => panic!("{binary}: {log}"),
+            }
+        }
+    }
+
+    fn try_start(path: &Path, args: &impl Fn(&Path, SocketAddr) -> Vec<String>, ready_path: &str) -> Result<ServerProcess, String> {
+        let name = path.file_name().map_or_else(|| "server".into(), |n| n.to_string_lossy().into_owned());
+        let dir = TempDir::new(&name);
         let addr = free_addr();
         let log = dir.0.join("server.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&path)
+        let child = Command::new(path)
             .args(args(&dir.0, addr))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
-        let mut server = ServerProcess { child, base: format!("http://{addr}"), log, dir };
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -9 {} 2>/dev/null; sleep 1; rm -rf '{}'",
+                std::process::id(),
+                child.id(),
+                dir.0.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        let mut server = ServerProcess { child, watchdog, base: format!("http://{addr}"), log, dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("{binary} exited during startup ({status}); log:\n{}", server.log_tail());
+                return Err(format!("exited during startup ({status}); log:\n{}", server.logs()));
             }
             if ureq::get(format!("{}{ready_path}", server.base)).call().is_ok() {
-                return server;
+                return Ok(server);
             }
-            assert!(Instant::now() < deadline, "{binary} not ready after 60 s; log:\n{}", server.log_tail());
-            std::thread::sleep(Duration::from_millis(100));
+            if Instant::now() >= deadline {
+                return Err(format!("not ready after 60 s; log:\n{}", server.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` of the server's HTTP API, as JSON (e.g. `/api/v1/targets`).
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let url = format!("{}{path}", self.base);
+        let body = ureq::get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}")).body_mut().read_to_string().unwrap();
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: {e}: {body}"))
     }
 
     /// The server's temporary directory.
@@ -111,7 +161,7 @@ impl ServerProcess {
 
     /// The last 30 lines the server logged (for failure messages).
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let log = self.logs();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }

@@ -16,14 +16,11 @@
 
 mod common;
 
-use common::real_servers::{prometheus_receiver, victoria_metrics, within};
+use common::real_servers::{prometheus_receiver, receiver, victoria_metrics, within, R204, R500};
 use common::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use shoal_collector::config::RemoteWriteConfig;
 use shoal_collector::remote_write::{decode_request, HistogramMode};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const INSTANCES: usize = 3;
@@ -33,75 +30,12 @@ const COUNTER: &str = "rwe2e_requests_total";
 const HISTOGRAM: &str = "rwe2e_latency_seconds";
 const HELP: &str = "Requests served by the checkout service";
 
-/// Every request a raw receiver got, with the status it answered.
-type Seen = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
-
-/// A raw HTTP/1.1 receiver: the first `failures` requests get 500, the
-/// others 204. Keeps every request with the status it got.
-fn flaky_receiver(failures: usize) -> (String, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let log = log.clone();
-            std::thread::spawn(move || serve(stream, &log, failures));
-        }
-    });
-    (url, seen)
-}
-
-fn serve(stream: TcpStream, log: &Mutex<Vec<(u16, Vec<u8>)>>, failures: usize) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let status = {
-            let mut log = log.lock().unwrap();
-            let status = if log.len() < failures { 500 } else { 204 };
-            log.push((status, body));
-            status
-        };
-        let response = match status {
-            500 => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops",
-            _ => "HTTP/1.1 204 No Content\r\n\r\n",
-        };
-        if writer.write_all(response.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
 #[test]
 fn closed_intervals_reach_prometheus_victoria_metrics_and_a_flaky_receiver() {
     let prometheus = prometheus_receiver();
     let vm = victoria_metrics();
-    let (flaky_url, flaky) = flaky_receiver(3);
+    // The first three requests get 500, the others 204.
+    let (flaky_url, flaky) = receiver(vec![R500, R500, R500, R204]);
     let collector = start_collector(None, |c| {
         c.interval_secs = 1;
         let mut native = RemoteWriteConfig::new(format!("{}/api/v1/write", prometheus.base));
@@ -183,7 +117,7 @@ fn closed_intervals_reach_prometheus_victoria_metrics_and_a_flaky_receiver() {
     // interval once, in order, the last one with the whole total.
     let acknowledged_total = || {
         let seen = flaky.lock().unwrap();
-        let delivered: Vec<_> = seen.iter().filter(|(s, _)| *s == 204).map(|(_, b)| decode_request(b).unwrap()).collect();
+        let delivered: Vec<_> = seen.iter().filter(|r| r.answer == R204).map(|r| decode_request(&r.body).unwrap()).collect();
         let ends: Vec<i64> = delivered.iter().filter_map(|r| r.timeseries.first()?.samples.first().map(|s| s.timestamp)).collect();
         assert!(ends.windows(2).all(|w| w[0] < w[1]), "acknowledged intervals in order, none twice: {ends:?}");
         let last = delivered.last()?;
@@ -193,7 +127,7 @@ fn closed_intervals_reach_prometheus_victoria_metrics_and_a_flaky_receiver() {
         Some(counter.samples[0].value).filter(|v| *v == total)
     };
     wait_for(Duration::from_secs(30), acknowledged_total).expect("the flaky receiver gets the whole total");
-    assert!(flaky.lock().unwrap().iter().filter(|(s, _)| *s == 500).count() == 3);
+    assert!(flaky.lock().unwrap().iter().filter(|r| r.answer == R500).count() == 3);
     let retried = sample(&scrape(&collector), &format!("shoal_collector_remote_write_retries_total{{url=\"{flaky_url}\"}}"));
     assert!(retried.unwrap() >= 3.0);
 

@@ -7,9 +7,11 @@
 //! the test with an install hint: these tests exist to run the real thing.
 #![allow(dead_code)] // each including test uses part of it
 
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -255,6 +257,90 @@ pub fn victoria_metrics() -> ServerProcess {
         "/health",
     )
 }
+
+/// What an in-test receiver saw, and what it answered.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub answer: &'static str,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A raw HTTP/1.1 receiver on an ephemeral port: the n-th request gets the
+/// n-th canned response (the last one repeats). Keep-alive is honoured.
+pub fn receiver(responses: Vec<&'static str>) -> (String, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let log = seen.clone();
+    let answer = move |n: usize| responses[(n - 1).min(responses.len() - 1)];
+    serve(listener, log, Arc::new(answer));
+    (url, seen)
+}
+
+/// `answer(n)` is the response to the n-th request (from 1).
+pub type Answer = Arc<dyn Fn(usize) -> &'static str + Send + Sync>;
+
+pub fn serve(listener: TcpListener, log: Arc<Mutex<Vec<Received>>>, answer: Answer) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let log = log.clone();
+            let answer = answer.clone();
+            std::thread::spawn(move || serve_connection(stream, &log, &*answer));
+        }
+    });
+}
+
+fn serve_connection(stream: TcpStream, log: &Mutex<Vec<Received>>, answer: &(dyn Fn(usize) -> &'static str + Send + Sync)) {
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let len: usize = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let response = {
+            let mut log = log.lock().unwrap();
+            let response = answer(log.len() + 1);
+            log.push(Received { headers, body, answer: response });
+            response
+        };
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+pub const R500: &str = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops";
+pub const R204: &str = "HTTP/1.1 204 No Content\r\n\r\n";
+pub const R400: &str = "HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nout of order";
+pub const R429: &str = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
 
 /// A log-normal sample (latency-like).
 pub fn lognormal(rng: &mut impl rand::Rng, mu: f64, sigma: f64) -> f64 {

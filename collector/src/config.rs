@@ -91,6 +91,21 @@ pub struct Config {
     /// A rollup series with no update for this long leaves memory,
     /// `/metrics` and the API, in seconds; 0 = never. Needs a restart.
     pub series_expiry_secs: u64,
+    /// Upstream collectors (`--upstream URL`, repeatable): every interval
+    /// this collector forwards what it merged to them as one instance of
+    /// the next tier; several are shards (each rollup series goes to one,
+    /// by rendezvous hashing). The list is reloadable (SIGHUP); turning
+    /// forwarding on or off needs a restart.
+    pub upstream: Vec<String>,
+    /// Instance labels this collector sends upstream (e.g. `region`), added
+    /// to every series it forwards. Needs a restart.
+    pub upstream_labels: BTreeMap<String, String>,
+    /// Labels added to every series pushed to remote-write targets (where
+    /// the series lacks the key), as Prometheus' `external_labels`: each
+    /// shard of a sharded tier writing to one TSDB needs its own (e.g.
+    /// `shard = "0"`), else a series that moves between shards is written
+    /// by both under one name. Reloadable.
+    pub external_labels: BTreeMap<String, String>,
 }
 
 /// One `[[remote_write]]` table.
@@ -210,6 +225,9 @@ impl Default for Config {
             remote_write: Vec::new(),
             data_dir: None,
             series_expiry_secs: 900,
+            upstream: Vec::new(),
+            upstream_labels: BTreeMap::new(),
+            external_labels: BTreeMap::new(),
         }
     }
 }
@@ -264,6 +282,18 @@ impl Config {
                 return Err(format!("remote_write {:?}: timeout_ms and queue_size must be at least 1", t.url));
             }
         }
+        if !self.upstream.is_empty() {
+            for u in &self.upstream {
+                if !u.starts_with("http://") {
+                    return Err(format!("upstream {u:?}: only http:// is supported"));
+                }
+            }
+            shoal_proto::client::check_endpoints(&self.upstream).map_err(|e| format!("upstream: {e}"))?;
+        }
+        shoal_proto::limits::check_series("external_labels", self.external_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| format!("external_labels: {e}"))?;
+        shoal_proto::limits::check_series("upstream_labels", self.upstream_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| format!("upstream_labels: {e}"))?;
         self.compiled_blocklist()?;
         Ok(())
     }
@@ -307,6 +337,17 @@ impl Config {
         if new.series_expiry_secs != self.series_expiry_secs {
             ignored.push("series_expiry_secs");
         }
+        if new.upstream_labels != self.upstream_labels {
+            ignored.push("upstream_labels");
+        }
+        // The list of shards changes while running; forwarding on or off does not.
+        let upstream = match new.upstream.is_empty() == self.upstream.is_empty() {
+            true => new.upstream.clone(),
+            false => {
+                ignored.push("upstream");
+                self.upstream.clone()
+            }
+        };
         let config = Config {
             max_series_per_instance: new.max_series_per_instance,
             max_series_per_metric: new.max_series_per_metric,
@@ -318,6 +359,8 @@ impl Config {
             gauge_stale_intervals: new.gauge_stale_intervals,
             instance_expiry_secs: new.instance_expiry_secs,
             shutdown_grace_ms: new.shutdown_grace_ms,
+            upstream,
+            external_labels: new.external_labels.clone(),
             ..self.clone()
         };
         (config, ignored)

@@ -23,7 +23,9 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod daemon;
 pub mod durable;
+pub mod forward;
 mod http;
 pub mod ingest;
 pub mod persist;
@@ -56,6 +58,8 @@ pub struct Shared {
     pub ingest: Arc<ingest::IngestControl>,
     /// The WAL and checkpoints (with `data_dir`); `None`: in memory only.
     pub durable: Option<Arc<persist::Durable>>,
+    /// The forwarder to the upstream tier, while serving with `upstream`.
+    pub forwarder: Arc<Mutex<Option<Arc<forward::Forwarder>>>>,
 }
 
 impl Shared {
@@ -64,7 +68,13 @@ impl Shared {
     pub fn new(config: Config) -> Shared {
         let stats = Arc::new(stats::Stats::default());
         let ingest = Arc::new(ingest::IngestControl::new(config.ingest_queue.max(1), config.overload_retry_after_ms));
-        Shared { aggregator: Arc::new(Mutex::new(Aggregator::new(config, stats.clone()))), stats, ingest, durable: None }
+        Shared {
+            aggregator: Arc::new(Mutex::new(Aggregator::new(config, stats.clone()))),
+            stats,
+            ingest,
+            durable: None,
+            forwarder: Arc::default(),
+        }
     }
 
     /// The state for `config`: restored from `data_dir` if set (blocking:
@@ -82,7 +92,13 @@ impl Shared {
         let stats = Arc::new(stats::Stats::default());
         let ingest = Arc::new(ingest::IngestControl::new(config.ingest_queue.max(1), config.overload_retry_after_ms));
         let (aggregator, durable) = persist::Durable::open(config, stats.clone(), options)?;
-        Ok(Shared { aggregator: Arc::new(Mutex::new(aggregator)), stats, ingest, durable: Some(Arc::new(durable)) })
+        Ok(Shared {
+            aggregator: Arc::new(Mutex::new(aggregator)),
+            stats,
+            ingest,
+            durable: Some(Arc::new(durable)),
+            forwarder: Arc::default(),
+        })
     }
 
     /// Applies the reloadable settings of `config` (blocklist, series
@@ -98,6 +114,11 @@ impl Shared {
                 self.ingest.retry_after_ms.store(config.overload_retry_after_ms, std::sync::atomic::Ordering::Relaxed);
                 if !ignored.is_empty() {
                     tracing::warn!("config reloaded; these settings need a restart and were not applied: {ignored:?}");
+                }
+                if let Some(forwarder) = self.forwarder.lock().clone() {
+                    // The client answers between two sends: not on the caller's thread.
+                    let upstream = self.aggregator.lock().config().upstream.clone();
+                    std::thread::spawn(move || forwarder.set_endpoints(&upstream));
                 }
                 tracing::info!(blocklist = ?config.blocklist, "config reloaded");
             }
@@ -199,6 +220,13 @@ async fn serve_on(
     };
     let remote = Arc::new(remote);
     shared.stats.set_remote_write_targets(remote.writers().iter().map(|w| (w.target().url.clone(), w.stats_handle())).collect());
+    let forward_config = shared.aggregator.lock().config().clone();
+    if let Some(f) =
+        forward::Forwarder::start(&forward_config, shared.aggregator.clone(), shared.durable.clone(), tokio::runtime::Handle::current())?
+    {
+        shared.stats.set_forwarder(f.stats().clone());
+        *shared.forwarder.lock() = Some(Arc::new(f));
+    }
     let aggregator = shared.aggregator.clone();
     let mut rx = stop_rx.clone();
     let durable = shared.durable.clone();
@@ -237,6 +265,11 @@ async fn serve_on(
     let grace = Duration::from_millis(shared.aggregator.lock().config().shutdown_grace_ms);
     let grpc_result = finish_within(grpc_task, grace, "gRPC").await;
     let http_result = finish_within(http_task, grace, "HTTP").await;
+    let forwarder = shared.forwarder.lock().take();
+    if let Some(f) = forwarder {
+        // Nothing merges any more: the last take covers everything.
+        let _ = tokio::task::spawn_blocking(move || f.shutdown()).await;
+    }
     if let Ok(remote) = maintenance.await {
         if !remote.writers().is_empty() {
             // What was merged since the last close (the SDKs' final flushes)

@@ -3,7 +3,8 @@
 //!
 //! - Records: a merged batch (`1`, the receive time `now`, the encoded
 //!   `FlushRequest`), a maintenance pass (`2`, `now`), a checkpoint marker
-//!   (`3`). Replay calls the same [`Aggregator::apply`] and
+//!   (`3`), a forwarder's take (`4`, its token: see
+//!   [`crate::aggregate::forward`]). Replay calls the same [`Aggregator::apply`] and
 //!   [`Aggregator::maintain`] with the logged `now`, so the state rebuilt is
 //!   the state that was acknowledged (expiry included).
 //! - Order: a record is queued inside the aggregator-lock critical section
@@ -39,6 +40,7 @@ use tokio::sync::{mpsc, watch};
 const RECORD_BATCH: u8 = 1;
 const RECORD_MAINTAIN: u8 = 2;
 const RECORD_MARKER: u8 = 3;
+const RECORD_FORWARD_TAKE: u8 = 4;
 
 /// When checkpoints are written.
 #[derive(Clone, Debug)]
@@ -203,6 +205,13 @@ impl Durable {
         self.log(payload)
     }
 
+    /// Logs a forwarder's take (under the aggregator lock, right after it).
+    pub(crate) fn log_forward_take(&self, token: u64) -> u64 {
+        let mut payload = vec![RECORD_FORWARD_TAKE];
+        payload.extend_from_slice(&token.to_le_bytes());
+        self.log(payload)
+    }
+
     /// Runs and logs a maintenance pass.
     pub(crate) fn maintain(&self, agg: &mut Aggregator, now: u64) {
         agg.maintain(now);
@@ -325,6 +334,7 @@ fn replay(agg: &mut Aggregator, payload: &[u8]) -> Result<(), String> {
         }
         Some(&RECORD_MAINTAIN) => agg.maintain(now(payload)?),
         Some(&RECORD_MARKER) => {}
+        Some(&RECORD_FORWARD_TAKE) => agg.forward_replay_take(now(payload)?),
         other => return Err(format!("unknown record type {other:?}")),
     }
     Ok(())

@@ -107,6 +107,8 @@ pub struct Stats {
     rejected: [Flow; REASONS],
     /// Remote-write targets: URL and live counters.
     remote_write: parking_lot::Mutex<Vec<(String, Arc<TargetStats>)>>,
+    /// The forwarder's counts (`upstream`), exposed as `shoal_collector_forward_*`.
+    forwarder: parking_lot::Mutex<Option<Arc<shoal_proto::client::FlusherStats>>>,
 }
 
 impl Stats {
@@ -151,6 +153,37 @@ impl Stats {
     /// Sets the remote-write targets whose counters are exposed.
     pub fn set_remote_write_targets(&self, targets: Vec<(String, Arc<TargetStats>)>) {
         *self.remote_write.lock() = targets;
+    }
+
+    /// Sets the forwarder whose counts are exposed.
+    pub fn set_forwarder(&self, stats: Arc<shoal_proto::client::FlusherStats>) {
+        *self.forwarder.lock() = Some(stats);
+    }
+
+    /// The forwarder's counts, if this collector forwards upstream.
+    pub fn forwarder(&self) -> Option<Arc<shoal_proto::client::FlusherStats>> {
+        self.forwarder.lock().clone()
+    }
+
+    /// The forwarder's `shoal_flush_*` counts under `shoal_collector_forward_*`
+    /// (the rollups of the SDKs' own `shoal_flush_*` series share this page).
+    fn write_forwarder(&self, w: &mut impl MetricWriter) {
+        let Some(stats) = self.forwarder() else { return };
+        for f in stats.own_metrics().families {
+            let name = f.name.replacen("shoal_flush_", "shoal_collector_forward_", 1);
+            let kind = match f.samples.first() {
+                Some((_, shoal_core::OwnValue::Gauge(_))) => "gauge",
+                _ => "counter",
+            };
+            w.family(&name, kind, f.help);
+            for (labels, value) in &f.samples {
+                let text = match value {
+                    shoal_core::OwnValue::Counter(v) => v.to_string(),
+                    shoal_core::OwnValue::Gauge(v) => format_value(*v),
+                };
+                w.sample(&name, labels, None, &text);
+            }
+        }
     }
 
     /// The counters of every remote-write target.
@@ -309,5 +342,6 @@ impl Stats {
         w.family("shoal_collector_instances", "gauge", "Instances known (seen within the expiry)");
         w.sample("shoal_collector_instances", &[], None, &instances.to_string());
         self.write_remote_write(w);
+        self.write_forwarder(w);
     }
 }

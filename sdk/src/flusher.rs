@@ -12,7 +12,7 @@ use std::time::Duration;
 /// Settings of the flusher.
 #[derive(Clone, Debug)]
 pub(crate) struct FlusherConfig {
-    pub(crate) endpoint: String,
+    pub(crate) endpoints: Vec<String>,
     pub(crate) interval: Duration,
     pub(crate) shutdown_timeout: Duration,
 }
@@ -35,10 +35,11 @@ impl Flusher {
         let identity = inner.identity.clone();
         let stats = inner.flusher_stats.clone();
         let config = ClientConfig {
-            endpoint: config.endpoint,
+            endpoints: config.endpoints,
             interval: config.interval,
             shutdown_timeout: config.shutdown_timeout,
             split: SplitLimits::default(),
+            state_file: None,
         };
         Ok(Flusher(FlushClient::start(inner, identity, stats, config)?))
     }

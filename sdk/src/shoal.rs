@@ -25,7 +25,7 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 pub struct ShoalBuilder {
     service: Option<String>,
     labels: Vec<(String, String)>,
-    collector: Option<String>,
+    collectors: Vec<String>,
     flush_interval: Duration,
     cardinality_limit: usize,
     relative_error: f64,
@@ -38,7 +38,7 @@ impl Default for ShoalBuilder {
         ShoalBuilder {
             service: None,
             labels: Vec::new(),
-            collector: None,
+            collectors: Vec::new(),
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             cardinality_limit: DEFAULT_CARDINALITY_LIMIT,
             relative_error: DEFAULT_RELATIVE_ERROR,
@@ -63,8 +63,15 @@ impl ShoalBuilder {
 
     /// gRPC endpoint of a `shoal-collector`, e.g. `http://127.0.0.1:7171`.
     /// Without one, shoal records locally only.
+    ///
+    /// Called more than once, the collectors are shards: each series goes
+    /// to exactly one of them, chosen by rendezvous hashing of its rollup
+    /// key (series plus instance labels), the same choice every instance
+    /// and every forwarding collector makes, so each series' cluster rollup
+    /// lives on one shard. A shard that is down holds its own series'
+    /// deltas until it is back; they never go to another shard.
     pub fn collector(mut self, url: impl Into<String>) -> Self {
-        self.collector = Some(url.into());
+        self.collectors.push(url.into());
         self
     }
 
@@ -133,12 +140,12 @@ impl ShoalBuilder {
         let identity = Identity { instance_id: new_instance_id(), labels };
         slot::owned_slots();
         let inner = Arc::new(Inner::new(Registry::new(self.cardinality_limit, scale), identity, self.send_own_metrics));
-        let flusher = match self.collector {
-            Some(url) => Some(Flusher::start(
+        let flusher = match self.collectors.is_empty() {
+            false => Some(Flusher::start(
                 inner.clone(),
-                FlusherConfig { endpoint: url, interval: self.flush_interval, shutdown_timeout: self.shutdown_timeout },
+                FlusherConfig { endpoints: self.collectors, interval: self.flush_interval, shutdown_timeout: self.shutdown_timeout },
             )?),
-            None => None,
+            true => None,
         };
         Ok(Shoal { inner, flusher: Arc::new(Mutex::new(flusher)), installed: false })
     }

@@ -17,6 +17,8 @@ pub struct Export {
     pub quantiles: Vec<f64>,
     /// HELP and unit of the metric names that have one.
     pub descriptions: HashMap<String, Description>,
+    /// `external_labels`: added to every series that lacks them.
+    pub external_labels: Vec<(String, String)>,
 }
 
 impl Export {
@@ -26,7 +28,7 @@ impl Export {
     /// window, cumulative `_sum` / `_count` and the cumulative native buckets.
     /// Names and labels as exposed on `/metrics`.
     pub fn into_interval(self, end_ms: i64) -> Interval {
-        let (quantiles, descriptions) = (self.quantiles, self.descriptions);
+        let (quantiles, descriptions, external) = (self.quantiles, self.descriptions, self.external_labels);
         let series = self
             .views
             .into_iter()
@@ -43,10 +45,18 @@ impl Export {
                         ExportValue::Histogram(ExportHistogram { quantiles, sum: v.sum, count: v.total, native })
                     }
                 };
-                let labels = match v.kind {
+                let mut labels = match v.kind {
                     Kind::Histogram => summary_labels(exposed.labels()).into_owned(),
                     _ => exposed.labels().to_vec(),
                 };
+                if !external.is_empty() {
+                    for (k, v) in &external {
+                        if !labels.iter().any(|(have, _)| have == k) {
+                            labels.push((k.clone(), v.clone()));
+                        }
+                    }
+                    labels.sort();
+                }
                 let d = descriptions.get(v.key.name());
                 let help = d.map(|d| d.help.clone()).filter(|h| !h.is_empty());
                 let unit = d.and_then(|d| d.unit.clone());

@@ -25,6 +25,7 @@
 
 pub mod admission;
 pub mod export;
+pub mod forward;
 pub mod instances;
 pub mod rollup;
 pub mod snapshot;
@@ -84,6 +85,8 @@ pub struct Aggregator {
     descriptions: HashMap<String, Description>,
     blocklist: Blocklist,
     stats: Arc<Stats>,
+    /// What is forwarded upstream, with `upstream` set.
+    forward: Option<forward::Forward>,
 }
 
 /// Descriptions of names without series kept at most (see `maintain`).
@@ -139,8 +142,8 @@ impl Aggregator {
     pub fn new(config: Config, stats: Arc<Stats>) -> Aggregator {
         // `Config::validate` compiled it already; a bad list blocks nothing.
         let blocklist = config.compiled_blocklist().unwrap_or_default();
+        let forward = (!config.upstream.is_empty()).then(forward::Forward::default);
         Aggregator {
-            config,
             series_per_name: HashMap::new(),
             blocklist,
             epoch: rand::random(),
@@ -149,6 +152,8 @@ impl Aggregator {
             kinds_by_name: HashMap::new(),
             descriptions: HashMap::new(),
             stats,
+            forward,
+            config,
         }
     }
 
@@ -303,11 +308,17 @@ impl Aggregator {
             merged_updates += 1;
             match value {
                 Value::Counter(delta) => {
+                    if let Some(f) = &mut self.forward {
+                        f.add_counter(&key, delta);
+                    }
                     series_entry(&mut self.series, key, Kind::Counter, now).add_counter(interval, delta);
                     merged_values = merged_values.wrapping_add(delta);
                 }
                 Value::Histogram(sketch) => {
                     merged_values = merged_values.wrapping_add(sketch.count());
+                    if let Some(f) = &mut self.forward {
+                        f.add_histogram(&key, &sketch);
+                    }
                     series_entry(&mut self.series, key, Kind::Histogram, now).add_histogram(interval, sketch);
                 }
                 Value::Gauge(v) => {
@@ -413,11 +424,12 @@ impl Aggregator {
                 descriptions.entry(v.key.name().to_string()).or_insert_with(|| d.clone());
             }
         }
-        export::Export { views, quantiles: self.config.quantiles.clone(), descriptions }
+        let external_labels = self.config.external_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        export::Export { views, quantiles: self.config.quantiles.clone(), descriptions, external_labels }
     }
 
-    fn views_with(&self, now: u64, cumulative: bool) -> Vec<SeriesView> {
-        let window_start = now.saturating_sub(self.config.summary_window_secs) / self.config.interval_secs;
+    /// Every gauge's value per live instance.
+    fn gauge_values(&self, now: u64) -> HashMap<&Arc<SeriesKey>, Vec<f64>> {
         let stale_after = self.config.gauge_stale_intervals * self.config.interval_secs;
         let mut gauge_values: HashMap<&Arc<SeriesKey>, Vec<f64>> = HashMap::new();
         for instance in self.instances.values() {
@@ -428,6 +440,64 @@ impl Aggregator {
                 gauge_values.entry(key).or_default().push(*v);
             }
         }
+        gauge_values
+    }
+
+    /// Forwarding (`upstream`): a take of what was merged since the last
+    /// one, with every gauge's current rolled-up value, under a new token
+    /// (see [`forward`]); `None` without an upstream. With `keep` (durable)
+    /// the deltas stay in flight until [`Aggregator::forward_taken`]; log
+    /// the take under the same lock.
+    pub fn forward_take(&mut self, now: u64, keep: bool) -> Option<(u64, shoal_core::Deltas)> {
+        let (token, mut deltas) = self.forward.as_mut()?.take(keep);
+        let gauge_values = self.gauge_values(now);
+        for (key, values) in gauge_values {
+            if self.series.get(key).is_some_and(|s| s.kind == Kind::Gauge) {
+                let value = self.config.gauge_rule(key.name()).apply(&values);
+                deltas.gauges.push(shoal_core::GaugeValue { key: key.clone(), value });
+            }
+        }
+        deltas.gauges.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
+        Some((token, deltas))
+    }
+
+    /// A take replayed from the WAL.
+    pub fn forward_replay_take(&mut self, token: u64) {
+        if let Some(f) = &mut self.forward {
+            f.replay_take(token);
+        }
+    }
+
+    /// A take the forwarder never got (its log record did not become durable).
+    pub fn forward_untake(&mut self, token: u64) {
+        if let Some(f) = &mut self.forward {
+            f.untake(token);
+        }
+    }
+
+    /// The forwarder holds the takes up to `token`.
+    pub fn forward_taken(&mut self, token: u64) {
+        if let Some(f) = &mut self.forward {
+            f.taken(token);
+        }
+    }
+
+    /// A restarted forwarder holds the takes up to `token`; later ones are
+    /// taken again.
+    pub fn forward_resume(&mut self, token: u64) {
+        if let Some(f) = &mut self.forward {
+            f.resume(token);
+        }
+    }
+
+    /// Values merged but not yet handed to the forwarder safely.
+    pub fn forward_values(&self) -> u64 {
+        self.forward.as_ref().map_or(0, forward::Forward::values)
+    }
+
+    fn views_with(&self, now: u64, cumulative: bool) -> Vec<SeriesView> {
+        let window_start = now.saturating_sub(self.config.summary_window_secs) / self.config.interval_secs;
+        let gauge_values = self.gauge_values(now);
         let mut views: Vec<SeriesView> = self
             .series
             .values()

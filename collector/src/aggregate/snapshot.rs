@@ -47,6 +47,51 @@ pub struct Snapshot {
     /// The rollup interval the points are indexed by (0: unknown).
     #[prost(uint64, tag = "7")]
     pub interval_secs: u64,
+    /// What is accumulated or in flight for the upstream (`upstream`).
+    #[prost(message, optional, tag = "8")]
+    pub forward: Option<SnapForward>,
+}
+
+/// The forwarding state ([`super::forward::Forward`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapForward {
+    /// The last take's token.
+    #[prost(uint64, tag = "1")]
+    pub last_token: u64,
+    /// Merged since the last take.
+    #[prost(message, optional, tag = "2")]
+    pub accumulating: Option<SnapForwardPart>,
+    /// Taken, not yet saved by the forwarder.
+    #[prost(message, repeated, tag = "3")]
+    pub inflight: Vec<SnapForwardPart>,
+}
+
+/// Deltas of one take (or the accumulating ones, token 0).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapForwardPart {
+    /// The take's token.
+    #[prost(uint64, tag = "1")]
+    pub token: u64,
+    /// Counter increments.
+    #[prost(message, repeated, tag = "2")]
+    pub counters: Vec<SnapForwardValue>,
+    /// Histogram deltas.
+    #[prost(message, repeated, tag = "3")]
+    pub histograms: Vec<SnapForwardValue>,
+}
+
+/// One series' forwarded delta.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapForwardValue {
+    /// Index in [`Snapshot::keys`].
+    #[prost(uint32, tag = "1")]
+    pub key: u32,
+    /// Counter increment.
+    #[prost(uint64, tag = "2")]
+    pub counter: u64,
+    /// Histogram delta.
+    #[prost(message, optional, tag = "3")]
+    pub sketch: Option<pb::Sketch>,
 }
 
 /// A metric name's HELP and unit.
@@ -234,6 +279,7 @@ impl Aggregator {
             .iter()
             .map(|(name, d)| SnapDescription { name: name.clone(), help: d.help.clone(), unit: d.unit.clone() })
             .collect();
+        let forward = self.forward.as_ref().map(|f| f.snapshot(&mut |k| table.of(k)));
         Snapshot {
             version: SNAPSHOT_VERSION,
             epoch: self.epoch,
@@ -242,6 +288,7 @@ impl Aggregator {
             instances,
             descriptions,
             interval_secs: self.config.interval_secs,
+            forward,
         }
     }
 
@@ -311,6 +358,19 @@ impl Aggregator {
         }
         for d in snapshot.descriptions {
             agg.descriptions.insert(d.name, Description { help: d.help, unit: d.unit });
+        }
+        match (snapshot.forward, agg.forward.is_some()) {
+            (Some(f), true) => agg.forward = Some(super::forward::Forward::restore(f, &key)?),
+            (Some(f), false) => {
+                let f = super::forward::Forward::restore(f, &key)?;
+                if f.values() > 0 {
+                    tracing::warn!(
+                        values = f.values(),
+                        "the checkpoint holds deltas for an upstream, but no upstream is configured: they are not forwarded"
+                    );
+                }
+            }
+            (None, _) => {}
         }
         Ok(agg)
     }

@@ -82,6 +82,10 @@ pub struct FlusherStats {
     pub values_pending: AtomicU64,
     /// Series-updates taken from the recording cells (one per changed series per take).
     pub series_updates_taken: AtomicU64,
+    /// Values a durable client found in its state file at start (taken by
+    /// the process before a restart, never acknowledged); counted in
+    /// `values_taken` too, so that the balance holds per process.
+    pub values_resumed: AtomicU64,
     values_dropped: [AtomicU64; 4],
     series_updates_dropped: [AtomicU64; 4],
     pub(crate) blocklist: parking_lot::Mutex<Vec<String>>,
@@ -125,7 +129,7 @@ impl FlusherStats {
     /// The `shoal_flush_*` self-metrics, as data.
     pub fn own_metrics(&self) -> OwnMetrics {
         let mut own = OwnMetrics::default();
-        let counters: [(&'static str, &AtomicU64, &'static str); 12] = [
+        let counters: [(&'static str, &AtomicU64, &'static str); 13] = [
             ("shoal_flush_batches_sent_total", &self.batches_sent, "Batch send attempts, retries included"),
             ("shoal_flush_batches_acknowledged_total", &self.batches_acknowledged, "Batches acknowledged by the collector"),
             ("shoal_flush_batches_duplicate_total", &self.batches_duplicate, "Acknowledged batches the collector had already merged"),
@@ -150,6 +154,11 @@ impl FlusherStats {
                 "Values taken from the recording cells (counter increments summed, histogram samples)",
             ),
             ("shoal_flush_values_acknowledged_total", &self.values_acknowledged, "Values the collector acknowledged and merged"),
+            (
+                "shoal_flush_values_resumed_total",
+                &self.values_resumed,
+                "Values found unacknowledged in the state file at start (also counted as taken)",
+            ),
         ];
         for (name, value, help) in counters {
             own.counter(name, help, &[], value.load(Relaxed));

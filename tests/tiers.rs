@@ -196,17 +196,20 @@ fn record(shoals: &[shoal::Shoal], routes: usize, rounds: usize, seed: u64, paus
     }
 }
 
-/// Waits until the shards together hold `expected` for the sum of
-/// `requests_total`; returns each shard's page.
-fn converged(shards: &[&Daemon], expected: u64) -> Vec<String> {
+/// Waits until the shards together hold what was recorded (the sum of
+/// `requests_total` and of `latency_seconds_count`); returns each shard's page.
+fn converged(shards: &[&Daemon], recorded: &Recorded) -> Vec<String> {
+    let expected = (recorded.counters.values().sum::<u64>(), recorded.samples.values().map(Vec::len).sum::<usize>() as u64);
     let mut pages = Vec::new();
+    let held = |pages: &[String]| {
+        let sum = |name| pages.iter().flat_map(|p| samples(p, name).into_values()).sum::<f64>() as u64;
+        (sum("requests_total"), sum("latency_seconds_count"))
+    };
     let ok = wait_for(Duration::from_secs(60), || {
         pages = shards.iter().map(|s| s.metrics()).collect();
-        let total: f64 = pages.iter().flat_map(|p| samples(p, "requests_total").into_values()).sum();
-        (total as u64 == expected).then_some(())
+        (held(&pages) == expected).then_some(())
     });
-    let got: f64 = pages.iter().flat_map(|p| samples(p, "requests_total").into_values()).sum();
-    assert!(ok.is_some(), "the shards hold {got} requests, {expected} were recorded");
+    assert!(ok.is_some(), "the shards hold (requests, samples) {:?}, {expected:?} were recorded", held(&pages));
     pages
 }
 
@@ -257,8 +260,7 @@ fn two_edges_forward_exactly_once_to_two_shards_through_a_sigkill() {
     for s in &shoals {
         s.shutdown().expect("every SDK's deltas acknowledged by its edge");
     }
-    let expected: u64 = recorded.counters.values().sum();
-    let pages = converged(&shard_refs, expected);
+    let pages = converged(&shard_refs, &recorded);
 
     // Every series on exactly one shard; counter totals exact per series.
     let mut owner: HashMap<String, usize> = HashMap::new();
@@ -295,13 +297,22 @@ fn two_edges_forward_exactly_once_to_two_shards_through_a_sigkill() {
 
     // Conservation, tier by tier. The restarted edge's forwarder counts
     // from its restart (what it resumed from the state file included).
-    let edge_pages: Vec<String> = edges.iter().map(Daemon::metrics).collect();
+    // The edge that was not killed forwarded every value it merged, once
+    // (its forwarder counts an acknowledgement just after the shard merged).
+    let forwarded_all = |page: &String| {
+        let merged = samples(page, "shoal_collector_values_merged_total").values().sum::<f64>();
+        (samples(page, "shoal_collector_forward_values_acknowledged_total").values().sum::<f64>() == merged).then_some(())
+    };
+    let mut edge_pages: Vec<String> = Vec::new();
+    let settled = wait_for(Duration::from_secs(20), || {
+        edge_pages = edges.iter().map(Daemon::metrics).collect();
+        forwarded_all(&edge_pages[1])
+    });
+    assert!(settled.is_some(), "edge-1 forwarded a different number of values than it merged:\n{}", edge_pages[1]);
     for (i, page) in edge_pages.iter().enumerate() {
         collector_balances(page, &format!("edge-{i}"));
         forwarder_balances(page, &format!("edge-{i}"));
     }
-    let intact = samples(&edge_pages[1], "shoal_collector_values_merged_total").values().sum::<f64>();
-    assert_eq!(forwarder_balances(&edge_pages[1], "edge-1"), intact, "edge-1 forwarded every value it merged, once");
     for (i, page) in pages.iter().enumerate() {
         collector_balances(page, &format!("global-{i}"));
     }
@@ -328,8 +339,7 @@ fn a_third_shard_by_sighup_moves_about_a_third_and_the_tsdb_totals_stay_exact() 
     let routes = 300;
     let mut recorded = Recorded::default();
     record(&shoals, routes, 10, 3, Duration::from_millis(100), &mut recorded);
-    let before: u64 = recorded.counters.values().sum();
-    converged(&two, before);
+    converged(&two, &recorded);
 
     // The third shard joins: the edge's file names it, SIGHUP.
     let text = std::fs::read_to_string(&edge.config).unwrap().replace(&config_upstream(&two), &config_upstream(&all));
@@ -345,7 +355,7 @@ fn a_third_shard_by_sighup_moves_about_a_third_and_the_tsdb_totals_stay_exact() 
         s.shutdown().unwrap();
     }
     let expected: u64 = recorded.counters.values().sum();
-    let pages = converged(&all, expected);
+    let pages = converged(&all, &recorded);
     let on_third: BTreeSet<String> = samples(&pages[2], "requests_total").into_keys().map(|l| l["route"].clone()).collect();
     let moved = on_third.len() as f64 / routes as f64;
     eprintln!("series moved to the third shard: {} of {routes} ({moved:.3})", on_third.len());

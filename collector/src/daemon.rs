@@ -141,7 +141,11 @@ impl Overrides {
             config.data_dir = Some(d.clone());
         }
         config.remote_write.extend(self.remote_write.iter().map(crate::config::RemoteWriteConfig::new));
-        config.upstream.extend(self.upstream.iter().cloned());
+        for u in &self.upstream {
+            if !config.upstream.contains(u) {
+                config.upstream.push(u.clone());
+            }
+        }
         config.upstream_labels.extend(self.upstream_labels.iter().cloned());
     }
 

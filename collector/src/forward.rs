@@ -86,6 +86,7 @@ impl DeltaSource for ForwardSource {
 
     fn resume(&self, token: u64) {
         self.aggregator.lock().forward_resume(token);
+        self.handed.store(token, Relaxed);
     }
 }
 
@@ -93,7 +94,9 @@ impl DeltaSource for ForwardSource {
 pub struct Forwarder {
     client: Mutex<Option<FlushClient>>,
     stats: Arc<FlusherStats>,
-    endpoints: Mutex<Vec<String>>,
+    aggregator: Arc<Mutex<Aggregator>>,
+    /// One membership change at a time, each with the latest list.
+    reloading: Mutex<()>,
 }
 
 impl Forwarder {
@@ -113,7 +116,8 @@ impl Forwarder {
             (Some(_), Some(dir)) => Some(StateFile::new(dir.join("forward").join("state"))),
             _ => None,
         };
-        let source = Arc::new(ForwardSource { aggregator, durable, runtime, stats: stats.clone(), handed: AtomicU64::new(0) });
+        let source =
+            Arc::new(ForwardSource { aggregator: aggregator.clone(), durable, runtime, stats: stats.clone(), handed: AtomicU64::new(0) });
         let identity = Identity {
             // A durable forwarder keeps the id of its state file.
             instance_id: format!("collector-{}-{:016x}", config.grpc_listen, rand::random::<u64>()),
@@ -128,7 +132,7 @@ impl Forwarder {
         };
         let client = FlushClient::start(source, identity, stats.clone(), client_config).map_err(|e| format!("upstream: {e}"))?;
         tracing::info!(upstream = ?config.upstream, labels = ?config.upstream_labels, "forwarding to the upstream tier");
-        Ok(Some(Forwarder { client: Mutex::new(Some(client)), stats, endpoints: Mutex::new(config.upstream.clone()) }))
+        Ok(Some(Forwarder { client: Mutex::new(Some(client)), stats, aggregator, reloading: Mutex::new(()) }))
     }
 
     /// The client's conservation counts.
@@ -136,20 +140,18 @@ impl Forwarder {
         &self.stats
     }
 
-    /// Applies a new shard list if it changed (blocking; see
-    /// [`FlushClient::set_endpoints`]).
-    pub fn set_endpoints(&self, endpoints: &[String]) {
-        let mut current = self.endpoints.lock();
-        if current.as_slice() == endpoints {
-            return;
-        }
+    /// Applies the configuration's current shard list (blocking; see
+    /// [`FlushClient::set_endpoints`], which ignores an unchanged list).
+    /// Reloads are applied one at a time, each reading the latest list, so
+    /// an older list never wins over a newer one.
+    pub fn apply_upstream(&self) {
+        let _one_at_a_time = self.reloading.lock();
+        let endpoints = self.aggregator.lock().config().upstream.clone();
         if let Some(client) = self.client.lock().as_ref() {
-            match client.set_endpoints(endpoints.to_vec()) {
-                Ok(()) => {
-                    tracing::info!(upstream = ?endpoints, "forwarding: new upstream shard list");
-                    *current = endpoints.to_vec();
-                }
-                Err(e) => tracing::error!("forwarding: keeping the old upstream list: {e}"),
+            match client.set_endpoints(endpoints.clone()) {
+                Ok(()) => tracing::info!(upstream = ?endpoints, "forwarding: upstream shard list applied"),
+                // A timeout still applies it, when the client is free.
+                Err(e) => tracing::warn!(upstream = ?endpoints, "forwarding: the new upstream list is not confirmed: {e}"),
             }
         }
     }

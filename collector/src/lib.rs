@@ -117,8 +117,7 @@ impl Shared {
                 }
                 if let Some(forwarder) = self.forwarder.lock().clone() {
                     // The client answers between two sends: not on the caller's thread.
-                    let upstream = self.aggregator.lock().config().upstream.clone();
-                    std::thread::spawn(move || forwarder.set_endpoints(&upstream));
+                    std::thread::spawn(move || forwarder.apply_upstream());
                 }
                 tracing::info!(blocklist = ?config.blocklist, "config reloaded");
             }
@@ -426,6 +425,26 @@ impl Collector {
     /// Applies the reloadable settings of `config` (see [`Shared::reload`]).
     pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, String> {
         self.shared.reload(config)
+    }
+
+    /// With `upstream`: takes what was merged now and forwards it, waiting
+    /// for the upstream's acknowledgements (blocking; call it off the
+    /// collector's runtime). Without one: an error.
+    pub fn forward_now(&self) -> Result<(), String> {
+        if self.shared.aggregator.lock().config().upstream.is_empty() {
+            return Err("this collector has no upstream".into());
+        }
+        // The server thread starts the forwarder just after `start` returns.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(f) = self.shared.forwarder.lock().clone() {
+                return f.flush_now();
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("the forwarder did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The `/metrics` text, rendered in process.

@@ -132,6 +132,9 @@ impl Forward {
     /// A restarted forwarder holds the takes up to `token`; later ones are
     /// taken again.
     pub fn resume(&mut self, token: u64) {
+        // Tokens only grow, even if this state is older than the
+        // forwarder's (a data dir restored without its forward state).
+        self.last_token = self.last_token.max(token);
         self.taken(token);
         for (_, part) in std::mem::take(&mut self.inflight) {
             self.accumulating.absorb(part);

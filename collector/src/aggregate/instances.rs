@@ -80,7 +80,18 @@ impl<'a> Binding<'a> {
             // A ref bound before stays counted as it was.
             (Some(RefEntry::Series(_)), Ok(series)) => RefEntry::Series(key(series)),
             (Some(RefEntry::Series(_)), Err(refused)) => self.refuse(r, refused),
-            (Some(RefEntry::Refused(why)), _) => RefEntry::Refused(*why),
+            // A refused ref defined again is judged again: a durable
+            // forwarder that restarts keeps its instance id but numbers its
+            // refs anew, so the ref may now name a valid series.
+            (Some(RefEntry::Refused(_)), Err(refused)) => self.refuse(r, refused),
+            (Some(RefEntry::Refused(_)), Ok(series)) if self.accepted < self.limits.per_instance => {
+                self.accepted += 1;
+                RefEntry::Series(key(series))
+            }
+            (Some(RefEntry::Refused(_)), Ok((name, _))) => {
+                let message = format!("ref {r}: series {name:?} is past the instance's limit of {} series", self.limits.per_instance);
+                self.refuse(r, Refused::new(Rejection::SeriesLimitInstance, message))
+            }
             (None, Err(refused)) => {
                 self.count_refused()?;
                 self.refuse(r, refused)

@@ -586,6 +586,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_refused_ref_defined_again_as_a_valid_series_is_accepted() {
+        let mut a = agg(|_| {});
+        let first = rejected(a.apply(&batch("edge", 1, vec![def(1, "bad name", &[])], &[(1, 5)]), 1).unwrap());
+        assert_eq!(first.len(), 1, "{first:?}");
+        // A restarted forwarder (same instance id) numbers its refs anew.
+        let second = rejected(a.apply(&batch("edge", 2, vec![def(1, "good_total", &[])], &[(1, 7)]), 1).unwrap());
+        assert!(second.is_empty(), "{second:?}");
+        assert_eq!(a.views(1).iter().find(|v| v.key.name() == "good_total").map(|v| v.total), Some(7));
+    }
+
     /// received = merged + duplicate + unknown_refs + Σ rejected, in values and series-updates.
     fn assert_conserved(stats: &Stats) {
         let rejected_values: u64 = Rejection::ALL.iter().map(|&r| stats.rejected_flow(r).values()).sum();

@@ -613,6 +613,10 @@ struct State {
     router: Router,
     /// The shards' lanes in router order, then draining lanes.
     lanes: Vec<Lane>,
+    /// Last sequence numbered for each collector that has no lane now: a
+    /// shard removed and added again goes on from there (it dedups this
+    /// instance by sequence).
+    retired: HashMap<String, u64>,
     /// Series hash per canonical key (only with several shards).
     routes: HashMap<String, u64>,
     own_sent: RefCell<HashMap<String, u64>>,
@@ -647,6 +651,7 @@ impl State {
             config,
             router,
             lanes,
+            retired: HashMap::new(),
             routes: HashMap::new(),
             own_sent: RefCell::new(HashMap::new()),
             take_token: 0,
@@ -674,6 +679,7 @@ impl State {
             resumed = resumed.wrapping_add(l.accumulating.values());
             unsealed.absorb(l.accumulating);
             if l.sealed.is_empty() && !self.router.shards().any(|s| s == l.endpoint) {
+                self.retired.insert(l.endpoint, l.sequence);
                 continue;
             }
             let i = self.lane_index(&l.endpoint);
@@ -709,6 +715,7 @@ impl State {
         }
         let _inside = self.runtime.enter();
         let mut lane = Lane::new(url);
+        lane.sequence = self.retired.remove(url).unwrap_or(0);
         lane.draining = true;
         self.lanes.push(lane);
         self.lanes.len() - 1
@@ -736,7 +743,11 @@ impl State {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if Instant::now() >= next_tick {
-                        self.collect();
+                        // While the state cannot be saved, nothing more is
+                        // taken: the source keeps it (per series).
+                        if self.save_retry_at.is_none() {
+                            self.collect();
+                        }
                         while next_tick <= Instant::now() {
                             next_tick += self.config.interval;
                         }
@@ -824,7 +835,11 @@ impl State {
                         lane.draining = false;
                         lane
                     }
-                    None => Lane::new(e),
+                    None => {
+                        let mut lane = Lane::new(e);
+                        lane.sequence = self.retired.remove(e).unwrap_or(0);
+                        lane
+                    }
                 };
                 lanes.push(lane);
             }
@@ -832,6 +847,7 @@ impl State {
         for mut lane in old {
             if lane.pending.sealed.is_empty() {
                 tracing::info!(target: "shoal::flusher", "shard {} removed", lane.endpoint);
+                self.retired.insert(lane.endpoint, lane.sequence);
             } else {
                 tracing::info!(
                     target: "shoal::flusher",
@@ -902,6 +918,11 @@ impl State {
                         accumulating: l.pending.accumulating.clone(),
                         accumulating_since: l.pending.accumulating_since,
                     })
+                    .chain(self.retired.iter().map(|(endpoint, &sequence)| LaneState {
+                        endpoint: endpoint.clone(),
+                        sequence,
+                        ..LaneState::default()
+                    }))
                     .collect(),
             };
             if let Err(e) = file.save(&state) {
@@ -929,21 +950,29 @@ impl State {
             if !self.lanes.iter().any(|l| l.due(now)) {
                 break;
             }
+            let sealed_before: usize = self.lanes.iter().map(|l| l.pending.sealed.len()).sum();
             let State { runtime, lanes, source, identity, stats, own_sent, .. } = self;
             let cx = SendContext { source: source.as_ref(), identity, stats, own_sent };
             let sends = lanes.iter_mut().filter(|l| l.due(now)).map(|l| l.send_sealed(&cx, timeout, commands));
             runtime.block_on(futures_util::future::join_all(sends));
-            let before = self.lanes.len();
-            self.lanes.retain(|l| !(l.draining && l.pending.is_empty()));
-            if self.lanes.len() < before {
-                tracing::info!(target: "shoal::flusher", "a removed shard received its last batch");
+            let sealed_after: usize = self.lanes.iter().map(|l| l.pending.sealed.len()).sum();
+            // Acknowledged batches leave the state file too (a restart must
+            // not resend them to an upstream that may have forgotten us).
+            self.unsaved |= sealed_after < sealed_before;
+            for lane in std::mem::take(&mut self.lanes) {
+                if lane.draining && lane.pending.is_empty() {
+                    tracing::info!(target: "shoal::flusher", "removed shard {} received its last batch", lane.endpoint);
+                    self.retired.insert(lane.endpoint, lane.sequence);
+                } else {
+                    self.lanes.push(lane);
+                }
             }
             self.update_pending();
             if !commands.is_empty() || self.lanes.iter().all(|l| !l.due(Instant::now())) {
                 break;
             }
         }
-        true
+        self.persist()
     }
 
     /// Shutdown's flush: what is still unacknowledged when it gives up is
@@ -975,7 +1004,9 @@ impl State {
     /// Sends until nothing is pending or the shutdown timeout passes.
     fn flush_all(&mut self) -> Result<(), ClientError> {
         let deadline = Instant::now() + self.config.shutdown_timeout;
-        self.collect();
+        if self.save_retry_at.is_none() {
+            self.collect();
+        }
         let (_keep, never) = bounded::<Command>(1);
         loop {
             let now = Instant::now();

@@ -79,6 +79,7 @@ fn edge_config() -> Config {
         retention_secs: 3600,
         max_series_per_instance: 200_000,
         max_series_per_metric: 200_000,
+        series_expiry_secs: 0,
         ..Config::default()
     }
 }

@@ -60,6 +60,15 @@ impl Part {
         Deltas { counters, histograms, ..Deltas::default() }
     }
 
+    /// As deltas, sorted by key, without copying.
+    fn into_deltas(self) -> Deltas {
+        let mut counters: Vec<CounterDelta> = self.counters.into_iter().map(|(key, delta)| CounterDelta { key, delta }).collect();
+        counters.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
+        let mut histograms: Vec<HistogramDelta> = self.histograms.into_iter().map(|(key, sketch)| HistogramDelta { key, sketch }).collect();
+        histograms.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
+        Deltas { counters, histograms, ..Deltas::default() }
+    }
+
     /// Values in this part (counter increments, samples).
     pub fn values(&self) -> u64 {
         let counters = self.counters.values().fold(0u64, |a, v| a.wrapping_add(*v));
@@ -97,10 +106,11 @@ impl Forward {
     pub fn take(&mut self, keep: bool) -> (u64, Deltas) {
         self.last_token += 1;
         let part = std::mem::take(&mut self.accumulating);
-        let deltas = part.to_deltas();
-        if keep && !part.is_empty() {
-            self.inflight.push_back((self.last_token, part));
+        if !keep || part.is_empty() {
+            return (self.last_token, part.into_deltas());
         }
+        let deltas = part.to_deltas();
+        self.inflight.push_back((self.last_token, part));
         (self.last_token, deltas)
     }
 

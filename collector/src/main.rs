@@ -65,6 +65,10 @@ struct Args {
     /// [default: none, in memory only].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// StatsD / DogStatsD lines over UDP and newline-delimited TCP on ADDR
+    /// [default: none, off].
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    statsd_listen: Option<SocketAddr>,
     /// Format of the log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -97,6 +101,7 @@ struct Overrides {
     summary_window_secs: Option<u64>,
     remote_write: Vec<String>,
     data_dir: Option<PathBuf>,
+    statsd_listen: Option<SocketAddr>,
 }
 
 impl Overrides {
@@ -120,6 +125,9 @@ impl Overrides {
             config.data_dir = Some(d.clone());
         }
         config.remote_write.extend(self.remote_write.iter().map(shoal_collector::config::RemoteWriteConfig::new));
+        if let Some(a) = self.statsd_listen {
+            config.statsd_listen = Some(a);
+        }
     }
 
     /// `(config key, flag, value)` of each setting given on the command line.
@@ -136,6 +144,7 @@ impl Overrides {
         add("retention_secs", "--retention-secs", self.retention_secs.map(|v| v.to_string()));
         add("summary_window_secs", "--summary-window-secs", self.summary_window_secs.map(|v| v.to_string()));
         add("data_dir", "--data-dir", self.data_dir.as_ref().map(|d| d.display().to_string()));
+        add("statsd_listen", "--statsd-listen", self.statsd_listen.map(|a| a.to_string()));
         given
     }
 
@@ -162,6 +171,7 @@ fn main() -> ExitCode {
         summary_window_secs: args.summary_window_secs,
         remote_write: args.remote_write.clone(),
         data_dir: args.data_dir.clone(),
+        statsd_listen: args.statsd_listen,
     };
     let mut config = match &args.config {
         Some(path) => match Config::from_toml_file(path) {

@@ -107,6 +107,8 @@ pub struct Stats {
     rejected: [Flow; REASONS],
     /// Remote-write targets: URL and live counters.
     remote_write: parking_lot::Mutex<Vec<(String, Arc<TargetStats>)>>,
+    /// The StatsD listener's counts (exposed only when it runs).
+    pub statsd: Arc<crate::statsd::StatsdStats>,
 }
 
 impl Stats {
@@ -309,5 +311,6 @@ impl Stats {
         w.family("shoal_collector_instances", "gauge", "Instances known (seen within the expiry)");
         w.sample("shoal_collector_instances", &[], None, &instances.to_string());
         self.write_remote_write(w);
+        self.statsd.write(w);
     }
 }

@@ -33,16 +33,17 @@
 use super::parse::{self, GaugeOp, Line, Reason, Type};
 use super::StatsdStats;
 use shoal_core::names::{sanitize_label_name, sanitize_metric_name};
+use shoal_core::sketch::MIN_SCALE;
 use shoal_core::Sketch;
 use shoal_proto as pb;
-use shoal_proto::convert::sketch_to_proto;
+use shoal_proto::convert::{sketch_to_proto, MAX_DECODED_SPAN};
 use shoal_proto::limits::{check_series, SeriesFault, SEND_BATCH_BUCKETS, SEND_BATCH_SERIES};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// A source silent this long, with nothing to flush, is forgotten (its next
 /// line starts a new instance; a gauge delta then starts from 0 again).
@@ -54,7 +55,24 @@ pub const MAX_PENDING: usize = 16;
 /// documentation): `3 / 0.1` is `29.999999999999996` in binary.
 const WEIGHT_EPSILON: f64 = 1e-9;
 
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Xxh3Default>>;
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<OneShot>>;
+
+/// Hashes each `write` with one xxh3 call: a line key is hashed in one go
+/// (the streaming `Xxh3Default` costs more than the lookup it serves).
+#[derive(Default)]
+struct OneShot(u64);
+
+impl std::hash::Hasher for OneShot {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = self.0.rotate_left(29) ^ n as u64;
+    }
+}
 /// A series as the collector will see it: type, sanitised name, sorted labels.
 type Canonical = (Type, String, Vec<(String, String)>);
 
@@ -220,22 +238,38 @@ impl Accumulator {
         let Accumulator { limits, sources, total_series, scratch, stats, log, .. } = self;
         let src = sources.get_mut(&source).expect("ensured above");
         let (mut received, mut accepted) = (0u64, 0u64);
-        for line in datagram.split(|b| *b == b'\n') {
-            let line = trim(line);
-            if line.is_empty() {
-                continue;
-            }
+        let mut one = |bytes: &[u8], line: Result<&str, Reason>| {
             received += 1;
-            let result = if line.len() > limits.max_datagram_bytes {
+            let result = if bytes.len() > limits.max_datagram_bytes {
                 Err(Reason::LineTooLong)
             } else {
-                ingest_line(src, scratch, limits, total_series, line, now_secs)
+                line.and_then(|line| ingest_line(src, scratch, limits, total_series, line, now_secs))
             };
             match result {
                 Ok(()) => accepted += 1,
                 Err(reason) => {
                     stats.reject(reason);
-                    log.log(reason, line, source, now_secs);
+                    log.log(reason, bytes, source, now_secs);
+                }
+            }
+        };
+        // One UTF-8 check for the whole datagram when it passes (the usual
+        // case); line by line only when it does not.
+        match std::str::from_utf8(datagram) {
+            Ok(text) => {
+                for line in text.split('\n') {
+                    let line = line.strip_suffix('\r').unwrap_or(line);
+                    if !line.is_empty() {
+                        one(line.as_bytes(), Ok(line));
+                    }
+                }
+            }
+            Err(_) => {
+                for line in datagram.split(|b| *b == b'\n') {
+                    let line = trim(line);
+                    if !line.is_empty() {
+                        one(line, std::str::from_utf8(line).map_err(|_| Reason::InvalidUtf8));
+                    }
                 }
             }
         }
@@ -445,24 +479,29 @@ fn ingest_line(
     scratch: &mut Vec<u8>,
     limits: &Limits,
     total: &mut usize,
-    line: &[u8],
+    line: &str,
     now_secs: u64,
 ) -> Result<(), Reason> {
-    let line = std::str::from_utf8(line).map_err(|_| Reason::InvalidUtf8)?;
     let parsed = parse::parse_line(line)?;
-    // Every value is checked before the line creates a series or counts.
-    for v in parsed.values() {
-        check_value(parsed.kind, v)?;
-    }
     scratch.clear();
     scratch.extend_from_slice(parsed.name.as_bytes());
     scratch.push(0);
     scratch.push(parsed.kind.tag());
     scratch.push(0);
     scratch.extend_from_slice(parsed.tags.as_bytes());
+    // Every value is checked before the line creates a series or counts
+    // (a single value of a known series is checked as it is applied).
     let index = match src.keys.get(scratch.as_slice()) {
-        Some(i) => *i,
-        None => new_series(src, scratch, limits, total, &parsed)?,
+        Some(i) => {
+            if parsed.is_packed() {
+                parsed.values().try_for_each(|v| check_value(parsed.kind, v))?;
+            }
+            *i
+        }
+        None => {
+            parsed.values().try_for_each(|v| check_value(parsed.kind, v))?;
+            new_series(src, scratch, limits, total, &parsed)?
+        }
     };
     let series = &mut src.series[index as usize];
     let weight = 1.0 / parsed.rate;
@@ -496,6 +535,11 @@ fn ingest_line(
                 if n > 0 {
                     // Finite (checked), so never refused.
                     let _ = sketch.record_many(x, n);
+                    // Memory per series stays bounded whatever the values
+                    // span: coarsen (an exact downscale) as decoding would.
+                    while sketch.positive().len().max(sketch.negative().len()) > MAX_DECODED_SPAN && sketch.scale() > MIN_SCALE {
+                        sketch.downscale(1);
+                    }
                 }
             }
             State::Set { members, interval, dirty } => {
@@ -713,6 +757,18 @@ mod tests {
         acc.take_batches(0);
         acc.take_batches((SOURCE_IDLE_SECS + 1) * 1_000_000_000);
         assert_eq!(acc.source_count(), 0);
+    }
+
+    #[test]
+    fn a_sketch_spanning_every_decade_stays_bounded() {
+        let mut acc = Accumulator::new(limits(), Arc::default());
+        for e in -300..300 {
+            acc.ingest(src(1), format!("wide:1e{e}|h").as_bytes(), 0);
+        }
+        let b = one_batch(&mut acc, 0);
+        let sketch = Sketch::try_from(b.histograms[0].sketch.as_ref().unwrap()).unwrap();
+        assert_eq!(sketch.count(), 600);
+        assert!(sketch.positive().len() <= MAX_DECODED_SPAN, "{}", sketch.positive().len());
     }
 
     #[test]

@@ -213,45 +213,62 @@ impl<'a> Line<'a> {
 
     /// True when the line packs more than one value.
     pub fn is_packed(&self) -> bool {
-        self.values.contains(':')
+        self.values.as_bytes().contains(&b':')
     }
 }
 
 /// Parses one line (without its `\n`). Checks everything but the tags'
 /// contents and the name rules (see the module documentation).
 pub fn parse_line(line: &str) -> Result<Line<'_>, Reason> {
-    if line.starts_with("_e{") || line.starts_with("_sc|") {
+    // Byte searches: every delimiter is ASCII, so each position found is a
+    // char boundary (the hot loop's cost is mostly these scans).
+    let bytes = line.as_bytes();
+    if bytes.starts_with(b"_e{") || bytes.starts_with(b"_sc|") {
         return Err(Reason::Unsupported);
     }
-    let (head, rest) = line.split_once('|').ok_or(Reason::MissingType)?;
-    let (name, values) = head.split_once(':').ok_or(Reason::MissingValue)?;
+    let pipe = find(bytes, b'|').ok_or(Reason::MissingType)?;
+    let colon = find(&bytes[..pipe], b':').ok_or(Reason::MissingValue)?;
+    let (name, values) = (&line[..colon], &line[colon + 1..pipe]);
     if name.is_empty() {
         return Err(Reason::InvalidName);
     }
     if values.is_empty() {
         return Err(Reason::BadValue);
     }
-    let mut fields = rest.split('|');
-    let kind = match fields.next() {
-        Some("") | None => return Err(Reason::MissingType),
-        Some(t) => Type::parse(t).ok_or(Reason::UnknownType)?,
+    let rest = &line[pipe + 1..];
+    let (kind, mut fields) = match find(rest.as_bytes(), b'|') {
+        Some(p) => (&rest[..p], Some(&rest[p + 1..])),
+        None => (rest, None),
     };
+    if kind.is_empty() {
+        return Err(Reason::MissingType);
+    }
+    let kind = Type::parse(kind).ok_or(Reason::UnknownType)?;
     let mut parsed = Line { name, values, kind, rate: 1.0, tags: "" };
-    for field in fields {
-        let bytes = field.as_bytes();
-        match bytes.first() {
+    while let Some(text) = fields {
+        let (field, next) = match find(text.as_bytes(), b'|') {
+            Some(p) => (&text[..p], Some(&text[p + 1..])),
+            None => (text, None),
+        };
+        fields = next;
+        let fb = field.as_bytes();
+        match fb.first() {
             Some(b'@') => parsed.rate = rate(&field[1..])?,
             Some(b'#') => parsed.tags = &field[1..],
             Some(b'T') => {
-                if field.len() < 2 || field.len() > 20 || !bytes[1..].iter().all(u8::is_ascii_digit) {
+                if field.len() < 2 || field.len() > 20 || !fb[1..].iter().all(u8::is_ascii_digit) {
                     return Err(Reason::BadTimestamp);
                 }
             }
-            Some(b'c' | b'e') if bytes.get(1) == Some(&b':') => {}
+            Some(b'c' | b'e') if fb.get(1) == Some(&b':') => {}
             _ => return Err(Reason::BadField),
         }
     }
     Ok(parsed)
+}
+
+fn find(bytes: &[u8], needle: u8) -> Option<usize> {
+    bytes.iter().position(|b| *b == needle)
 }
 
 fn rate(text: &str) -> Result<f64, Reason> {

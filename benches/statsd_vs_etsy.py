@@ -107,7 +107,7 @@ def wait_port(port, proto, deadline=20.0):
 class Shoal:
     name = "shoal-collector"
 
-    def __init__(self, binary):
+    def __init__(self, binary, recv_buffer=0):
         self.port, self.http, self.grpc = free_port(), free_port(), free_port()
         grpc = self.grpc
         self.dir = tempfile.mkdtemp()
@@ -115,6 +115,7 @@ class Shoal:
         with open(cfg, "w") as f:
             f.write(f'grpc_listen = "127.0.0.1:{grpc}"\nhttp_listen = "127.0.0.1:{self.http}"\n')
             f.write(f'statsd_listen = "127.0.0.1:{self.port}"\nstatsd_max_datagram_bytes = 65535\n')
+            f.write(f"statsd_recv_buffer = {recv_buffer}\n")
         self.proc = subprocess.Popen([binary, "--config", cfg], stderr=subprocess.DEVNULL)
         wait_port(self.http, "HTTP")
 
@@ -230,8 +231,8 @@ def run(daemon, datagrams, lines_per, seconds):
 def e2e(args):
     rows = []
     for label, make, mode in (
-        ("(a) shoal SDK -> collector", lambda: Shoal(args.collector), "sdk"),
-        ("(b) cadence -> collector StatsD", lambda: Shoal(args.collector), "cadence"),
+        ("(a) shoal SDK -> collector", lambda: Shoal(args.collector, args.recv_buffer), "sdk"),
+        ("(b) cadence -> collector StatsD", lambda: Shoal(args.collector, args.recv_buffer), "cadence"),
         ("(c) cadence -> Etsy StatsD", lambda: Etsy(args.etsy), "cadence"),
     ):
         daemon = make()
@@ -259,9 +260,10 @@ def e2e(args):
             daemon.stop()
     m = args.events / 1e6
     print(f"\nend to end, {args.events} events (CPU seconds per million events)")
-    print(f"  {'path':<34} {'app':>7} {'aggregator':>11} {'total':>7} {'app wall s':>11} {'received':>10}")
+    print(f"  {'path':<34} {'app':>7} {'aggregator':>11} {'total':>7} {'app wall s':>11} {'received':>10} {'total per M received':>21}")
     for label, app, agg, wall, got in rows:
-        print(f"  {label:<34} {app / m:>7.3f} {agg / m:>11.3f} {(app + agg) / m:>7.3f} {wall:>11.2f} {got:>10.0f}")
+        per_received = (app + agg) / (got / 1e6) if got else float("nan")
+        print(f"  {label:<34} {app / m:>7.3f} {agg / m:>11.3f} {(app + agg) / m:>7.3f} {wall:>11.2f} {got:>10.0f} {per_received:>21.3f}")
 
 
 def main():
@@ -271,6 +273,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each step")
     ap.add_argument("--e2e", help="the statsd_e2e example binary: also run the end-to-end CPU comparison")
     ap.add_argument("--events", type=int, default=2_000_000, help="events per end-to-end run")
+    ap.add_argument("--recv-buffer", type=int, default=0, help="shoal's statsd_recv_buffer (0: the system default, as Etsy gets)")
     ap.add_argument("--skip-capacity", action="store_true", help="only the end-to-end comparison")
     args = ap.parse_args()
     if args.skip_capacity:
@@ -278,7 +281,7 @@ def main():
     datagrams, lines_per = stream()
     print(f"stream: {len(datagrams)} datagrams, {sum(lines_per)} lines, {sum(map(len, datagrams)) / len(datagrams):.0f} bytes/datagram")
     results = {}
-    for make in (lambda: Shoal(args.collector), lambda: Etsy(args.etsy)):
+    for make in (lambda: Shoal(args.collector, args.recv_buffer), lambda: Etsy(args.etsy)):
         daemon = make()
         try:
             time.sleep(0.5)

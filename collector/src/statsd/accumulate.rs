@@ -412,18 +412,21 @@ impl Accumulator {
         Some(refs.filter_map(|r| src.series.get(r as usize).map(|s| definition(r, s))).collect())
     }
 
-    /// Gives back a batch that could not be applied now (storage failing):
-    /// it goes first at the next flush. Bounded by [`MAX_PENDING`].
+    /// Gives back a batch that could not be applied now (storage failing).
+    /// Batches are given back in the order they were taken, and go first at
+    /// the next flush, in that order (a later sequence applied first would
+    /// make the earlier one a duplicate). Bounded by [`MAX_PENDING`]: past
+    /// it the oldest is dropped and counted.
     pub fn give_back(&mut self, source: SourceKey, request: pb::FlushRequest) {
         let Some(src) = self.sources.get_mut(&source) else {
             self.stats.batches_dropped.fetch_add(1, Relaxed);
             return;
         };
         if src.pending.len() >= MAX_PENDING {
-            src.pending.pop_back();
+            src.pending.pop_front();
             self.stats.batches_dropped.fetch_add(1, Relaxed);
         }
-        src.pending.push_front(request);
+        src.pending.push_back(request);
     }
 }
 
@@ -769,6 +772,20 @@ mod tests {
         let sketch = Sketch::try_from(b.histograms[0].sketch.as_ref().unwrap()).unwrap();
         assert_eq!(sketch.count(), 600);
         assert!(sketch.positive().len() <= MAX_DECODED_SPAN, "{}", sketch.positive().len());
+    }
+
+    #[test]
+    fn batches_given_back_come_again_in_order() {
+        let mut acc = Accumulator::new(limits(), Arc::default());
+        acc.ingest(src(1), b"a:1|c", 0);
+        let first = one_batch(&mut acc, 0);
+        acc.ingest(src(1), b"a:2|c", 0);
+        let second = one_batch(&mut acc, 0);
+        acc.give_back(src(1), first);
+        acc.give_back(src(1), second);
+        acc.ingest(src(1), b"a:4|c", 0);
+        let again: Vec<(u64, u64)> = acc.take_batches(0).into_iter().map(|b| (b.request.sequence, b.request.counters[0].delta)).collect();
+        assert_eq!(again, vec![(1, 1), (2, 2), (3, 4)]);
     }
 
     #[test]

@@ -106,6 +106,34 @@ pub struct Config {
     /// `shard = "0"`), else a series that moves between shards is written
     /// by both under one name. Reloadable.
     pub external_labels: BTreeMap<String, String>,
+    /// StatsD / DogStatsD lines over UDP, and newline-delimited over TCP,
+    /// on this address (any form [`parse_listen`] accepts). `None`: off.
+    /// Needs a restart, as do the other `statsd_*` settings.
+    #[serde(deserialize_with = "deserialize_listen_opt", skip_serializing_if = "Option::is_none")]
+    pub statsd_listen: Option<SocketAddr>,
+    /// UDP receive buffer of the StatsD socket, in bytes (`SO_RCVBUF`; the
+    /// kernel caps it at `net.core.rmem_max`). 0: the system's default.
+    pub statsd_recv_buffer: usize,
+    /// Every this many ms, each StatsD source's lines become one batch.
+    pub statsd_flush_ms: u64,
+    /// StatsD sources (peer IPs per transport) held at most; lines of one
+    /// more are refused (`source_limit`).
+    pub statsd_max_sources: usize,
+    /// Series one StatsD source may hold; further lines of new series are
+    /// refused (`series_limit`). All sources together hold at most
+    /// `max_series_total`.
+    pub statsd_max_series_per_source: usize,
+    /// Distinct members a StatsD set counts per interval, exactly; further
+    /// new members are refused (`set_full`).
+    pub statsd_max_set_size: usize,
+    /// Largest StatsD UDP datagram and TCP line, in bytes; larger ones are
+    /// refused (`datagram_too_large`, `line_too_long`).
+    pub statsd_max_datagram_bytes: usize,
+}
+
+fn deserialize_listen_opt<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_listen(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// One `[[remote_write]]` table.
@@ -228,6 +256,13 @@ impl Default for Config {
             upstream: Vec::new(),
             upstream_labels: BTreeMap::new(),
             external_labels: BTreeMap::new(),
+            statsd_listen: None,
+            statsd_recv_buffer: 0,
+            statsd_flush_ms: 1000,
+            statsd_max_sources: 1024,
+            statsd_max_series_per_source: 100_000,
+            statsd_max_set_size: 10_000,
+            statsd_max_datagram_bytes: 8192,
         }
     }
 }
@@ -295,6 +330,28 @@ impl Config {
         shoal_proto::limits::check_series("upstream_labels", self.upstream_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|e| format!("upstream_labels: {e}"))?;
         self.compiled_blocklist()?;
+        self.validate_statsd()?;
+        Ok(())
+    }
+
+    fn validate_statsd(&self) -> Result<(), String> {
+        if self.statsd_flush_ms == 0 || self.statsd_flush_ms > 3_600_000 {
+            return Err(format!("statsd_flush_ms must be 1 to 3600000, got {}", self.statsd_flush_ms));
+        }
+        if self.statsd_max_sources == 0 || self.statsd_max_series_per_source == 0 || self.statsd_max_set_size == 0 {
+            return Err("statsd_max_sources, statsd_max_series_per_source and statsd_max_set_size must be at least 1".into());
+        }
+        if !(64..=65_535).contains(&self.statsd_max_datagram_bytes) {
+            return Err(format!("statsd_max_datagram_bytes must be 64 to 65535, got {}", self.statsd_max_datagram_bytes));
+        }
+        if let Some(addr) = self.statsd_listen {
+            // StatsD also listens on TCP: the same address as a TCP listener cannot work.
+            for (key, other) in [("grpc_listen", self.grpc_listen), ("http_listen", self.http_listen)] {
+                if addr.port() != 0 && addr == other {
+                    return Err(format!("statsd_listen {addr} is also {key}: StatsD needs that TCP port too"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -348,6 +405,25 @@ impl Config {
                 self.upstream.clone()
             }
         };
+        if (
+            new.statsd_listen,
+            new.statsd_recv_buffer,
+            new.statsd_flush_ms,
+            new.statsd_max_sources,
+            new.statsd_max_series_per_source,
+            new.statsd_max_set_size,
+            new.statsd_max_datagram_bytes,
+        ) != (
+            self.statsd_listen,
+            self.statsd_recv_buffer,
+            self.statsd_flush_ms,
+            self.statsd_max_sources,
+            self.statsd_max_series_per_source,
+            self.statsd_max_set_size,
+            self.statsd_max_datagram_bytes,
+        ) {
+            ignored.push("statsd_*");
+        }
         let config = Config {
             max_series_per_instance: new.max_series_per_instance,
             max_series_per_metric: new.max_series_per_metric,
@@ -463,5 +539,21 @@ mod tests {
         assert_eq!(GaugeRule::Min.apply(&v), 1.0);
         assert_eq!(GaugeRule::Max.apply(&v), 5.0);
         assert_eq!(GaugeRule::Mean.apply(&v), 3.0);
+    }
+
+    #[test]
+    fn statsd_settings_are_read_and_checked() {
+        let c = Config::from_toml("statsd_listen = \":8125\"\nstatsd_recv_buffer = 4194304\nstatsd_flush_ms = 500\n").unwrap();
+        assert_eq!(c.statsd_listen, Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 8125))));
+        assert_eq!((c.statsd_recv_buffer, c.statsd_flush_ms), (4_194_304, 500));
+        assert_eq!(Config::default().statsd_listen, None, "off unless asked for");
+        assert!(Config::from_toml("statsd_listen = \"nope\"").unwrap_err().contains("nope"));
+        assert!(Config::from_toml("statsd_flush_ms = 0").unwrap_err().contains("statsd_flush_ms"));
+        assert!(Config::from_toml("statsd_max_sources = 0").unwrap_err().contains("statsd_max_sources"));
+        assert!(Config::from_toml("statsd_max_datagram_bytes = 70000").unwrap_err().contains("statsd_max_datagram_bytes"));
+        let clash = Config::from_toml("statsd_listen = \"127.0.0.1:7171\"").unwrap_err();
+        assert!(clash.contains("grpc_listen"), "{clash}");
+        let (_, ignored) = Config::default().reloaded(&c);
+        assert_eq!(ignored, vec!["statsd_*"]);
     }
 }

@@ -77,6 +77,10 @@ struct Args {
     /// the file's `upstream_labels`).
     #[arg(long = "upstream-label", value_name = "KEY=VALUE", value_parser = parse_label)]
     upstream_label: Vec<(String, String)>,
+    /// StatsD / DogStatsD lines over UDP and newline-delimited TCP on ADDR
+    /// [default: none, off].
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    statsd_listen: Option<SocketAddr>,
     /// Format of the log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -118,6 +122,7 @@ struct Overrides {
     data_dir: Option<PathBuf>,
     upstream: Vec<String>,
     upstream_labels: Vec<(String, String)>,
+    statsd_listen: Option<SocketAddr>,
 }
 
 impl Overrides {
@@ -147,6 +152,9 @@ impl Overrides {
             }
         }
         config.upstream_labels.extend(self.upstream_labels.iter().cloned());
+        if let Some(a) = self.statsd_listen {
+            config.statsd_listen = Some(a);
+        }
     }
 
     /// `(config key, flag, value)` of each setting given on the command line.
@@ -163,6 +171,7 @@ impl Overrides {
         add("retention_secs", "--retention-secs", self.retention_secs.map(|v| v.to_string()));
         add("summary_window_secs", "--summary-window-secs", self.summary_window_secs.map(|v| v.to_string()));
         add("data_dir", "--data-dir", self.data_dir.as_ref().map(|d| d.display().to_string()));
+        add("statsd_listen", "--statsd-listen", self.statsd_listen.map(|a| a.to_string()));
         add("upstream", "--upstream", (!self.upstream.is_empty()).then(|| self.upstream.join(" --upstream ")));
         let labels: Vec<String> = self.upstream_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         add("upstream_labels", "--upstream-label", (!labels.is_empty()).then(|| labels.join(" --upstream-label ")));
@@ -207,6 +216,7 @@ where
         data_dir: args.data_dir.clone(),
         upstream: args.upstream.clone(),
         upstream_labels: args.upstream_label.clone(),
+        statsd_listen: args.statsd_listen,
     };
     let mut config = match &args.config {
         Some(path) => match Config::from_toml_file(path) {

@@ -109,7 +109,12 @@ impl IngestService {
     /// request), a merged batch is logged inside the same critical section
     /// as its merge; returns the ticket to wait for before acknowledging (a
     /// duplicate: the ticket of its instance's last merge).
-    fn handle_at(&self, req: &pb::FlushRequest, now: u64, durable: Option<(&Durable, &[u8])>) -> (Result<pb::FlushResponse, Status>, u64) {
+    pub(crate) fn handle_at(
+        &self,
+        req: &pb::FlushRequest,
+        now: u64,
+        durable: Option<(&Durable, &[u8])>,
+    ) -> (Result<pb::FlushResponse, Status>, u64) {
         let stats = &self.stats;
         stats.batches_received.fetch_add(1, Relaxed);
         stats.bytes_received.fetch_add(req.encoded_len() as u64, Relaxed);

@@ -33,6 +33,7 @@ pub mod rejection;
 pub mod remote_write;
 pub mod scrape;
 pub mod stats;
+pub mod statsd;
 pub mod validate;
 
 pub use crate::aggregate::Aggregator;
@@ -159,16 +160,19 @@ pub async fn serve_shared(shared: Shared, shutdown: impl Future<Output = ()> + S
     let http =
         tokio::net::TcpListener::bind(config.http_listen).await.map_err(|e| format!("cannot bind HTTP {}: {e}", config.http_listen))?;
     tracing::info!(grpc = %config.grpc_listen, http = %config.http_listen, "shoal-collector listening");
-    serve_on(shared, grpc, http, shutdown).await
+    let statsd = config.statsd_listen.map(|addr| statsd::Sockets::bind(addr, config.statsd_recv_buffer)).transpose()?;
+    serve_on(shared, grpc, http, statsd, shutdown).await
 }
 
 async fn serve_on(
     shared: Shared,
     grpc: tokio::net::TcpListener,
     http: tokio::net::TcpListener,
+    statsd: Option<statsd::Sockets>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let statsd = statsd.map(|sockets| statsd::listen::start(&shared, sockets, stop_rx.clone())).transpose()?;
     let interval = shared.aggregator.lock().config().interval();
     let service = ingest::IngestService::new(shared.aggregator.clone(), shared.stats.clone(), shared.ingest.clone())
         .with_durable(shared.durable.clone());
@@ -264,6 +268,11 @@ async fn serve_on(
     let grace = Duration::from_millis(shared.aggregator.lock().config().shutdown_grace_ms);
     let grpc_result = finish_within(grpc_task, grace, "gRPC").await;
     let http_result = finish_within(http_task, grace, "HTTP").await;
+    if let Some(statsd) = statsd {
+        // Lines received before the stop are merged (and logged) before the
+        // last forward, the last remote-write push and the checkpoint.
+        statsd.finish().await;
+    }
     let forwarder = shared.forwarder.lock().take();
     if let Some(f) = forwarder {
         // Nothing merges any more: the last take covers everything.
@@ -355,6 +364,7 @@ pub struct Collector {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     shared: Shared,
+    statsd_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
@@ -375,6 +385,8 @@ impl Collector {
         let (grpc_addr, http_addr) = (grpc.local_addr().map_err(|e| e.to_string())?, http.local_addr().map_err(|e| e.to_string())?);
         grpc.set_nonblocking(true).map_err(|e| e.to_string())?;
         http.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let statsd = config.statsd_listen.map(|addr| statsd::Sockets::bind(addr, config.statsd_recv_buffer)).transpose()?;
+        let statsd_addr = statsd.as_ref().map(statsd::Sockets::local_addr);
         let shared = Shared::open_with(config, options)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -390,7 +402,7 @@ impl Collector {
                 let result = runtime.block_on(async move {
                     let grpc = tokio::net::TcpListener::from_std(grpc).map_err(|e| e.to_string())?;
                     let http = tokio::net::TcpListener::from_std(http).map_err(|e| e.to_string())?;
-                    serve_on(serving, grpc, http, async move {
+                    serve_on(serving, grpc, http, statsd, async move {
                         let _ = stopped.await;
                     })
                     .await
@@ -399,7 +411,7 @@ impl Collector {
                 result
             })
             .map_err(|e| e.to_string())?;
-        Ok(Collector { grpc_addr, http_addr, shared, stop: Some(stop), thread: Some(thread) })
+        Ok(Collector { grpc_addr, http_addr, shared, statsd_addr, stop: Some(stop), thread: Some(thread) })
     }
 
     /// Address of the gRPC ingest listener.
@@ -415,6 +427,11 @@ impl Collector {
     /// Address of the HTTP listener.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Address of the StatsD listener (UDP and TCP), when `statsd_listen` is set.
+    pub fn statsd_addr(&self) -> Option<SocketAddr> {
+        self.statsd_addr
     }
 
     /// The state (rollups and self-metrics).

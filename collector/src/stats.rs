@@ -109,6 +109,8 @@ pub struct Stats {
     remote_write: parking_lot::Mutex<Vec<(String, Arc<TargetStats>)>>,
     /// The forwarder's counts (`upstream`), exposed as `shoal_collector_forward_*`.
     forwarder: parking_lot::Mutex<Option<Arc<shoal_proto::client::FlusherStats>>>,
+    /// The StatsD listener's counts (exposed only when it runs).
+    pub statsd: Arc<crate::statsd::StatsdStats>,
 }
 
 impl Stats {
@@ -343,5 +345,6 @@ impl Stats {
         w.sample("shoal_collector_instances", &[], None, &instances.to_string());
         self.write_remote_write(w);
         self.write_forwarder(w);
+        self.statsd.write(w);
     }
 }

@@ -43,7 +43,7 @@ use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// A source silent this long, with nothing to flush, is forgotten (its next
 /// line starts a new instance; a gauge delta then starts from 0 again).
@@ -54,13 +54,31 @@ pub const MAX_PENDING: usize = 16;
 /// Tolerance when taking the integer part of a weighted sum (see the module
 /// documentation): `3 / 0.1` is `29.999999999999996` in binary.
 const WEIGHT_EPSILON: f64 = 1e-9;
+/// Largest counter increment one line may carry (value / rate): 2^53, where
+/// `f64` still counts every integer.
+const MAX_EXACT_INCREMENT: f64 = 9_007_199_254_740_992.0;
+/// Largest counter delta of one series in one flush (a flood of maximal
+/// lines is refused past it rather than saturating).
+const MAX_FLUSH_DELTA: u64 = 1 << 62;
+
+/// A per-process random seed for the line-key and set-member hashes: keys
+/// crafted to collide cannot be precomputed.
+fn hash_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(rand::random)
+}
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<OneShot>>;
 
 /// Hashes each `write` with one xxh3 call: a line key is hashed in one go
 /// (the streaming `Xxh3Default` costs more than the lookup it serves).
-#[derive(Default)]
 struct OneShot(u64);
+
+impl Default for OneShot {
+    fn default() -> Self {
+        OneShot(hash_seed())
+    }
+}
 
 impl std::hash::Hasher for OneShot {
     fn finish(&self) -> u64 {
@@ -515,7 +533,13 @@ fn ingest_line(
                 if v < 0.0 {
                     return Err(Reason::NegativeCounter);
                 }
-                *delta = delta.saturating_add(take_whole(carry, v * weight));
+                // Counted exactly or not at all: a rollup shared with SDK
+                // series must never saturate or wrap.
+                if v * weight > MAX_EXACT_INCREMENT {
+                    return Err(Reason::BadValue);
+                }
+                let add = take_whole(carry, v * weight);
+                *delta = delta.checked_add(add).filter(|d| *d <= MAX_FLUSH_DELTA).ok_or(Reason::BadValue)?;
             }
             State::Gauge { value, dirty } => {
                 let next = match parse::gauge(v)? {
@@ -535,6 +559,11 @@ fn ingest_line(
                     x /= 1000.0;
                 }
                 let n = take_whole(carry, weight);
+                // An infinite sum would get the series refused at merge,
+                // with every good sample of the flush.
+                if n > 0 && !(sketch.sum() + x * n as f64).is_finite() {
+                    return Err(Reason::NonFinite);
+                }
                 if n > 0 {
                     // Finite (checked), so never refused.
                     let _ = sketch.record_many(x, n);
@@ -551,7 +580,7 @@ fn ingest_line(
                     members.clear();
                     *interval = now_interval;
                 }
-                let h = xxh3_64(v.as_bytes());
+                let h = xxh3_64_with_seed(v.as_bytes(), hash_seed());
                 if members.len() >= limits.max_set_size && !members.contains(&h) {
                     return Err(Reason::SetFull);
                 }
@@ -760,6 +789,35 @@ mod tests {
         acc.take_batches(0);
         acc.take_batches((SOURCE_IDLE_SECS + 1) * 1_000_000_000);
         assert_eq!(acc.source_count(), 0);
+    }
+
+    #[test]
+    fn values_that_cannot_be_counted_exactly_are_refused_and_the_rest_merges() {
+        let stats = Arc::new(StatsdStats::default());
+        let mut acc = Accumulator::new(limits(), stats.clone());
+        // A huge increment, a huge weight, a sum that would overflow: each
+        // refused alone, never saturating a rollup shared with SDK series.
+        acc.ingest(
+            src(1),
+            b"c:1e20|c
+c:5|c
+c:1|c|@1e-300
+h:1e308|h
+h:1e308|h
+h:2|h
+u:user:42|s
+u:user:43|s",
+            0,
+        );
+        assert_eq!(stats.rejected(Reason::BadValue), 1);
+        assert_eq!(stats.rejected(Reason::BadRate), 1);
+        assert_eq!(stats.rejected(Reason::NonFinite), 1);
+        let b = one_batch(&mut acc, 0);
+        assert_eq!(b.counters.iter().map(|c| c.delta).collect::<Vec<_>>(), vec![5]);
+        let sketch = Sketch::try_from(b.histograms[0].sketch.as_ref().unwrap()).unwrap();
+        assert_eq!((sketch.count(), sketch.sum().is_finite()), (2, true));
+        // A set member is the whole value, colons included.
+        assert_eq!(b.gauges.iter().map(|g| g.value).collect::<Vec<_>>(), vec![2.0]);
     }
 
     #[test]

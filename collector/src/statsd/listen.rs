@@ -221,12 +221,16 @@ async fn read_lines(
     let mut skipping = false;
     loop {
         let n = tokio::select! {
-            // A read error ends the connection like an end of stream.
-            r = stream.read(&mut buf[filled..]) => r.unwrap_or(0),
-            _ = stop.wait_for(|s| *s) => 0,
+            r = stream.read(&mut buf[filled..]) => match r {
+                Ok(n) => n,
+                // A read error or the stop: an unterminated line may be cut
+                // short (`x:1|c|@0.1` read as `x:1|c`), so it is dropped.
+                Err(_) => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
         };
         if n == 0 {
-            // End of stream: an unterminated last line still counts.
+            // A clean end of stream: the unterminated last line counts.
             if filled > 0 && !skipping {
                 accumulator.lock().ingest(source, &buf[..filled], unix_secs());
             }

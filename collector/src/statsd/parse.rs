@@ -99,13 +99,14 @@ pub enum Reason {
     MissingType,
     /// A type other than `c`, `g`, `ms`, `h`, `d`, `s`.
     UnknownType,
-    /// A value that is not a number (or an empty one).
+    /// A value that is not a number (or an empty one), or a counter
+    /// increment too large to count exactly (value / rate over 2^53).
     BadValue,
     /// NaN or ±infinity (also a finite value that overflows to infinity).
     NonFinite,
     /// A negative counter increment (shoal counters only grow).
     NegativeCounter,
-    /// A sample rate that is not a number in (0, 1].
+    /// A sample rate that is not a number in [`MIN_RATE`, 1].
     BadRate,
     /// A `|` field that is none of `@`, `#`, `c:`, `T`, `e:`.
     BadField,
@@ -208,12 +209,13 @@ pub struct Line<'a> {
 impl<'a> Line<'a> {
     /// The values of the line (more than one when packed).
     pub fn values(&self) -> std::str::Split<'a, char> {
-        self.values.split(':')
+        // A set member is any text (`user:42`): sets are never packed.
+        self.values.split(if self.kind == Type::Set { '\0' } else { ':' })
     }
 
     /// True when the line packs more than one value.
     pub fn is_packed(&self) -> bool {
-        self.values.as_bytes().contains(&b':')
+        self.kind != Type::Set && self.values.as_bytes().contains(&b':')
     }
 }
 
@@ -271,9 +273,13 @@ fn find(bytes: &[u8], needle: u8) -> Option<usize> {
     bytes.iter().position(|b| *b == needle)
 }
 
+/// The smallest sample rate taken: below it a line would stand for more than
+/// a million events (and a subnormal rate for infinitely many).
+pub const MIN_RATE: f64 = 1e-6;
+
 fn rate(text: &str) -> Result<f64, Reason> {
     match text.parse::<f64>() {
-        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        Ok(r) if (MIN_RATE..=1.0).contains(&r) => Ok(r),
         _ => Err(Reason::BadRate),
     }
 }
@@ -386,7 +392,7 @@ mod tests {
         assert_eq!(err("x:|c"), Reason::BadValue);
         assert_eq!(err("x:1|q"), Reason::UnknownType);
         assert_eq!(err("x:1|C"), Reason::UnknownType);
-        for rate in ["@0", "@2", "@x", "@", "@-0.5", "@nan", "@inf", "@1.0000001"] {
+        for rate in ["@0", "@2", "@x", "@", "@-0.5", "@nan", "@inf", "@1.0000001", "@1e-300", "@0.0000009"] {
             assert_eq!(err(&format!("x:1|c|{rate}")), Reason::BadRate, "{rate}");
         }
         assert_eq!(err("x:1|c|zz"), Reason::BadField);

@@ -173,17 +173,9 @@ impl Stats {
         let Some(stats) = self.forwarder() else { return };
         for f in stats.own_metrics().families {
             let name = f.name.replacen("shoal_flush_", "shoal_collector_forward_", 1);
-            let kind = match f.samples.first() {
-                Some((_, shoal_core::OwnValue::Gauge(_))) => "gauge",
-                _ => "counter",
-            };
-            w.family(&name, kind, f.help);
+            w.family(&name, f.kind(), f.help);
             for (labels, value) in &f.samples {
-                let text = match value {
-                    shoal_core::OwnValue::Counter(v) => v.to_string(),
-                    shoal_core::OwnValue::Gauge(v) => format_value(*v),
-                };
-                w.sample(&name, labels, None, &text);
+                w.sample(&name, labels, None, &value.text());
             }
         }
     }

@@ -26,6 +26,16 @@ pub enum OwnValue {
     Gauge(f64),
 }
 
+impl OwnValue {
+    /// The value as the text exposition spells it.
+    pub fn text(&self) -> String {
+        match self {
+            OwnValue::Counter(v) => v.to_string(),
+            OwnValue::Gauge(v) => format_value(*v),
+        }
+    }
+}
+
 /// One family of own series: a name, its HELP, and a value per label set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OwnFamily {
@@ -35,6 +45,16 @@ pub struct OwnFamily {
     pub help: &'static str,
     /// `(labels, value)`; every value of a family has the same kind.
     pub samples: Vec<(Vec<(String, String)>, OwnValue)>,
+}
+
+impl OwnFamily {
+    /// `counter` or `gauge` (every value of a family has the same kind).
+    pub fn kind(&self) -> &'static str {
+        match self.samples.first() {
+            Some((_, OwnValue::Gauge(_))) => "gauge",
+            _ => "counter",
+        }
+    }
 }
 
 /// Own series, in exposition order.
@@ -71,17 +91,9 @@ impl OwnMetrics {
     /// Writes every family in the Prometheus text format.
     pub fn write(&self, w: &mut TextWriter) {
         for f in &self.families {
-            let kind = match f.samples.first() {
-                Some((_, OwnValue::Gauge(_))) => "gauge",
-                _ => "counter",
-            };
-            w.family(f.name, kind, f.help);
+            w.family(f.name, f.kind(), f.help);
             for (labels, value) in &f.samples {
-                let text = match value {
-                    OwnValue::Counter(v) => v.to_string(),
-                    OwnValue::Gauge(v) => format_value(*v),
-                };
-                w.sample(f.name, labels, None, &text);
+                w.sample(f.name, labels, None, &value.text());
             }
         }
     }

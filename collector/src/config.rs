@@ -129,6 +129,33 @@ pub struct Config {
     /// Largest StatsD UDP datagram and TCP line, in bytes; larger ones are
     /// refused (`datagram_too_large`, `line_too_long`).
     pub statsd_max_datagram_bytes: usize,
+    /// TLS certificate chain (PEM) of both listeners; with `tls_key`, gRPC
+    /// ingest and HTTP speak TLS only. Re-read on SIGHUP; a new path needs a
+    /// restart, as do the other paths below.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose certificates gRPC clients must present: mutual TLS on
+    /// ingest. Needs `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens required on gRPC ingest: one a line, `token` or `token
+    /// tenant` (the tenant becomes the `tenant` label of everything the token
+    /// sends). Re-read on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Bearer tokens required on HTTP (`/metrics`, `/api/v1/`, the page;
+    /// never on `/healthz` and `/readyz`); same format, tenants ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_auth_tokens_file: Option<PathBuf>,
+    /// CA (PEM) trusted for `https://` upstreams, beside the system roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_tls_ca_file: Option<PathBuf>,
+    /// File holding the bearer token sent to the upstreams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_auth_token_file: Option<PathBuf>,
 }
 
 fn deserialize_listen_opt<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -151,6 +178,9 @@ pub struct RemoteWriteConfig {
     /// File holding a bearer token (read at each send).
     #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
+    /// CA (PEM) trusted for an `https://` url, beside the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
     /// Bound on one request, in ms [default: 30000].
     #[serde(default = "default_remote_write_timeout_ms")]
     pub timeout_ms: u64,
@@ -175,6 +205,7 @@ impl RemoteWriteConfig {
             histograms: HistogramMode::default(),
             headers: BTreeMap::new(),
             bearer_token_file: None,
+            tls_ca_file: None,
             timeout_ms: default_remote_write_timeout_ms(),
             queue_size: default_remote_write_queue_size(),
         }
@@ -186,6 +217,7 @@ impl RemoteWriteConfig {
         t.histograms = self.histograms;
         t.headers = self.headers.clone();
         t.bearer_token_file = self.bearer_token_file.clone();
+        t.tls_ca_file = self.tls_ca_file.clone();
         t.timeout = Duration::from_millis(self.timeout_ms);
         t.queue_capacity = self.queue_size;
         t
@@ -263,6 +295,13 @@ impl Default for Config {
             statsd_max_series_per_source: 100_000,
             statsd_max_set_size: 10_000,
             statsd_max_datagram_bytes: 8192,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth_tokens_file: None,
+            http_auth_tokens_file: None,
+            upstream_tls_ca_file: None,
+            upstream_auth_token_file: None,
         }
     }
 }
@@ -310,8 +349,8 @@ impl Config {
             return Err("ingest_queue must be at least 1".into());
         }
         for t in &self.remote_write {
-            if !t.url.starts_with("http://") {
-                return Err(format!("remote_write url {:?}: only http:// is supported", t.url));
+            if !t.url.starts_with("http://") && !t.url.starts_with("https://") {
+                return Err(format!("remote_write url {:?}: must start with http:// or https://", t.url));
             }
             if t.timeout_ms == 0 || t.queue_size == 0 {
                 return Err(format!("remote_write {:?}: timeout_ms and queue_size must be at least 1", t.url));
@@ -319,8 +358,8 @@ impl Config {
         }
         if !self.upstream.is_empty() {
             for u in &self.upstream {
-                if !u.starts_with("http://") {
-                    return Err(format!("upstream {u:?}: only http:// is supported"));
+                if !u.starts_with("http://") && !u.starts_with("https://") {
+                    return Err(format!("upstream {u:?}: must start with http:// or https://"));
                 }
             }
             shoal_proto::client::check_endpoints(&self.upstream).map_err(|e| format!("upstream: {e}"))?;
@@ -331,6 +370,14 @@ impl Config {
             .map_err(|e| format!("upstream_labels: {e}"))?;
         self.compiled_blocklist()?;
         self.validate_statsd()?;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err("tls_cert is set without tls_key".into()),
+            (None, Some(_)) => return Err("tls_key is set without tls_cert".into()),
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("tls_client_ca (mutual TLS) needs tls_cert and tls_key".into());
+        }
         Ok(())
     }
 
@@ -397,6 +444,18 @@ impl Config {
         if new.upstream_labels != self.upstream_labels {
             ignored.push("upstream_labels");
         }
+        // The files are re-read on SIGHUP; which files, and whether there is
+        // TLS at all, is fixed at start.
+        let paths: [(&'static str, &Option<PathBuf>, &Option<PathBuf>); 7] = [
+            ("tls_cert", &new.tls_cert, &self.tls_cert),
+            ("tls_key", &new.tls_key, &self.tls_key),
+            ("tls_client_ca", &new.tls_client_ca, &self.tls_client_ca),
+            ("auth_tokens_file", &new.auth_tokens_file, &self.auth_tokens_file),
+            ("http_auth_tokens_file", &new.http_auth_tokens_file, &self.http_auth_tokens_file),
+            ("upstream_tls_ca_file", &new.upstream_tls_ca_file, &self.upstream_tls_ca_file),
+            ("upstream_auth_token_file", &new.upstream_auth_token_file, &self.upstream_auth_token_file),
+        ];
+        ignored.extend(paths.into_iter().filter(|(_, new, old)| new != old).map(|(key, _, _)| key));
         // The list of shards changes while running; forwarding on or off does not.
         let upstream = match new.upstream.is_empty() == self.upstream.is_empty() {
             true => new.upstream.clone(),

@@ -29,8 +29,14 @@ Logging: every log line goes to stderr; stdout stays empty (only --help and
 colours its output only when stderr is a terminal and NO_COLOR is unset;
 --log-format json writes one JSON object per line.
 
-Signals: SIGHUP reloads the config file (limits, blocklist, gauge rules, ...);
+Signals: SIGHUP reloads the config file (limits, blocklist, gauge rules, ...)
+and re-reads the TLS certificate, key and client CA and the tokens files;
 SIGINT and SIGTERM stop after draining in-flight requests.
+
+Security: both listeners stay on loopback unless an address says otherwise.
+Beyond loopback, use --tls-cert/--tls-key (TLS on gRPC and HTTP) and
+--auth-tokens-file (a bearer token on every batch); the collector warns at
+start when either is missing there.
 
 Exit status:
   0  stopped by SIGINT or SIGTERM
@@ -81,6 +87,25 @@ struct Args {
     /// [default: none, off].
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     statsd_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM) of both listeners; needs --tls-key.
+    /// Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that gRPC clients' certificates must chain to (mutual TLS
+    /// on ingest). Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens required on gRPC ingest, one a line: `token` or
+    /// `token tenant`. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    auth_tokens_file: Option<PathBuf>,
+    /// Bearer tokens required on HTTP (all but /healthz and /readyz).
+    /// Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    http_auth_tokens_file: Option<PathBuf>,
     /// Format of the log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -123,6 +148,11 @@ struct Overrides {
     upstream: Vec<String>,
     upstream_labels: Vec<(String, String)>,
     statsd_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    auth_tokens_file: Option<PathBuf>,
+    http_auth_tokens_file: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -155,6 +185,18 @@ impl Overrides {
         if let Some(a) = self.statsd_listen {
             config.statsd_listen = Some(a);
         }
+        let paths = [
+            (&self.tls_cert, &mut config.tls_cert),
+            (&self.tls_key, &mut config.tls_key),
+            (&self.tls_client_ca, &mut config.tls_client_ca),
+            (&self.auth_tokens_file, &mut config.auth_tokens_file),
+            (&self.http_auth_tokens_file, &mut config.http_auth_tokens_file),
+        ];
+        for (flag, setting) in paths {
+            if let Some(path) = flag {
+                *setting = Some(path.clone());
+            }
+        }
     }
 
     /// `(config key, flag, value)` of each setting given on the command line.
@@ -172,6 +214,12 @@ impl Overrides {
         add("summary_window_secs", "--summary-window-secs", self.summary_window_secs.map(|v| v.to_string()));
         add("data_dir", "--data-dir", self.data_dir.as_ref().map(|d| d.display().to_string()));
         add("statsd_listen", "--statsd-listen", self.statsd_listen.map(|a| a.to_string()));
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        add("tls_cert", "--tls-cert", path(&self.tls_cert));
+        add("tls_key", "--tls-key", path(&self.tls_key));
+        add("tls_client_ca", "--tls-client-ca", path(&self.tls_client_ca));
+        add("auth_tokens_file", "--auth-tokens-file", path(&self.auth_tokens_file));
+        add("http_auth_tokens_file", "--http-auth-tokens-file", path(&self.http_auth_tokens_file));
         add("upstream", "--upstream", (!self.upstream.is_empty()).then(|| self.upstream.join(" --upstream ")));
         let labels: Vec<String> = self.upstream_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         add("upstream_labels", "--upstream-label", (!labels.is_empty()).then(|| labels.join(" --upstream-label ")));
@@ -217,6 +265,11 @@ where
         upstream: args.upstream.clone(),
         upstream_labels: args.upstream_label.clone(),
         statsd_listen: args.statsd_listen,
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        tls_client_ca: args.tls_client_ca.clone(),
+        auth_tokens_file: args.auth_tokens_file.clone(),
+        http_auth_tokens_file: args.http_auth_tokens_file.clone(),
     };
     let mut config = match &args.config {
         Some(path) => match Config::from_toml_file(path) {
@@ -292,6 +345,9 @@ async fn reload_on_sighup(shared: crate::Shared, path: Option<PathBuf>, override
             }
         };
         while hup.recv().await.is_some() {
+            // Certificates, keys and tokens: re-read whether or not there
+            // is a config file (logged and counted by reload_security).
+            let _ = shared.reload_security();
             let Some(path) = &path else {
                 tracing::info!("SIGHUP: no config file to reload");
                 continue;

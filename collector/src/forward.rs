@@ -22,7 +22,9 @@ use crate::config::Config;
 use crate::persist::Durable;
 use parking_lot::Mutex;
 use shoal_core::{Deltas, OwnMetrics};
-use shoal_proto::client::{ClientConfig, DeltaSource, FlushClient, FlusherStats, Identity, SplitLimits, StateFile};
+use shoal_proto::client::{
+    AuthToken, ClientConfig, ClientSecurity, DeltaSource, FlushClient, FlusherStats, Identity, SplitLimits, StateFile,
+};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +101,20 @@ pub struct Forwarder {
     reloading: Mutex<()>,
 }
 
+/// TLS trust (`upstream_tls_ca_file`, beside the public roots) and the
+/// bearer token (`upstream_auth_token_file`, read once at start) of the
+/// upstream connections: the same options an SDK has.
+pub fn upstream_security(config: &Config) -> Result<ClientSecurity, String> {
+    let auth_token = match &config.upstream_auth_token_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("upstream_auth_token_file {}: {e}", path.display()))?;
+            Some(AuthToken::new(text.trim()).map_err(|e| format!("upstream_auth_token_file {}: {e}", path.display()))?)
+        }
+    };
+    Ok(ClientSecurity { tls_ca_file: config.upstream_tls_ca_file.clone(), tls_client_cert: None, auth_token })
+}
+
 impl Forwarder {
     /// Starts forwarding to `config.upstream` (`None` if it is empty).
     /// `runtime` runs the collector (a take waits on its WAL there).
@@ -129,6 +145,7 @@ impl Forwarder {
             shutdown_timeout: Duration::from_millis(config.shutdown_grace_ms.max(1000)),
             split: SplitLimits::default(),
             state_file,
+            security: upstream_security(config)?,
         };
         let client = FlushClient::start(source, identity, stats.clone(), client_config).map_err(|e| format!("upstream: {e}"))?;
         tracing::info!(upstream = ?config.upstream, labels = ?config.upstream_labels, "forwarding to the upstream tier");

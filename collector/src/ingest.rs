@@ -219,13 +219,20 @@ impl pb::ingest_server::Ingest for IngestService {
         let Ok(_permit) = self.control.queue.clone().try_acquire_owned() else {
             return Err(self.overloaded());
         };
+        // The token's tenant (see `security`): applied before anything is
+        // logged or merged, so the WAL holds the batch as the tenant's too.
+        let tenant = request.extensions().get::<crate::security::Tenant>().cloned();
+        let mut request = request.into_inner();
+        if let Some(tenant) = tenant {
+            crate::security::apply_tenant(&mut request, &tenant.0, &self.stats.security);
+        }
         let depth = self.stats.ingest_queue_depth.fetch_add(1, Relaxed) + 1;
         self.stats.ingest_queue_peak.fetch_max(depth, Relaxed);
         let _queued = Queued(&self.stats);
         let faults = &self.control.faults;
         let durable = self.durable.as_deref();
         // Encoded outside the merge step; only logged if it merges.
-        let encoded = durable.map(|_| request.get_ref().encode_to_vec());
+        let encoded = durable.map(|_| request.encode_to_vec());
         let (result, ticket) = {
             let _merging = self.control.gate.lock().await;
             if Faults::roll(&faults.fail_before_merge_ppm) {
@@ -237,9 +244,9 @@ impl pb::ingest_server::Ingest for IngestService {
                         self.stats.batches_unavailable.fetch_add(1, Relaxed);
                         return Err(self.unavailable());
                     }
-                    self.handle_at(request.get_ref(), unix_secs(), Some((d, bytes)))
+                    self.handle_at(&request, unix_secs(), Some((d, bytes)))
                 }
-                _ => self.handle_at(request.get_ref(), unix_secs(), None),
+                _ => self.handle_at(&request, unix_secs(), None),
             }
         };
         if let Some(d) = durable {

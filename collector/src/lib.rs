@@ -32,6 +32,7 @@ pub mod persist;
 pub mod rejection;
 pub mod remote_write;
 pub mod scrape;
+pub mod security;
 pub mod stats;
 pub mod statsd;
 pub mod validate;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub durable: Option<Arc<persist::Durable>>,
     /// The forwarder to the upstream tier, while serving with `upstream`.
     pub forwarder: Arc<Mutex<Option<Arc<forward::Forwarder>>>>,
+    /// TLS and tokens, while serving.
+    pub security: Arc<Mutex<Option<Arc<security::Security>>>>,
 }
 
 impl Shared {
@@ -75,6 +78,7 @@ impl Shared {
             ingest,
             durable: None,
             forwarder: Arc::default(),
+            security: Arc::default(),
         }
     }
 
@@ -99,6 +103,7 @@ impl Shared {
             ingest,
             durable: Some(Arc::new(durable)),
             forwarder: Arc::default(),
+            security: Arc::default(),
         })
     }
 
@@ -128,6 +133,16 @@ impl Shared {
             }
         }
         result
+    }
+
+    /// Re-reads the TLS certificates and keys and the tokens files (what
+    /// SIGHUP does, with or without a config file). What fails to load
+    /// keeps its old contents.
+    pub fn reload_security(&self) -> Result<(), String> {
+        match self.security.lock().clone() {
+            Some(security) => security.reload(),
+            None => Ok(()),
+        }
     }
 
     /// [`Shared::reload`] from a TOML file (what SIGHUP does).
@@ -161,7 +176,8 @@ pub async fn serve_shared(shared: Shared, shutdown: impl Future<Output = ()> + S
         tokio::net::TcpListener::bind(config.http_listen).await.map_err(|e| format!("cannot bind HTTP {}: {e}", config.http_listen))?;
     tracing::info!(grpc = %config.grpc_listen, http = %config.http_listen, "shoal-collector listening");
     let statsd = config.statsd_listen.map(|addr| statsd::Sockets::bind(addr, config.statsd_recv_buffer)).transpose()?;
-    serve_on(shared, grpc, http, statsd, shutdown).await
+    let security = security::Security::load(&config, shared.stats.security.clone())?;
+    serve_on(shared, grpc, http, statsd, security, shutdown).await
 }
 
 async fn serve_on(
@@ -169,8 +185,13 @@ async fn serve_on(
     grpc: tokio::net::TcpListener,
     http: tokio::net::TcpListener,
     statsd: Option<statsd::Sockets>,
+    security: security::Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let security = Arc::new(security);
+    *shared.security.lock() = Some(security.clone());
+    let (grpc_addr, http_addr) = (grpc.local_addr().map_err(|e| e.to_string())?, http.local_addr().map_err(|e| e.to_string())?);
+    security::warn_exposure(grpc_addr, http_addr, &security);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let statsd = statsd.map(|sockets| statsd::listen::start(&shared, sockets, stop_rx.clone())).transpose()?;
     let interval = shared.aggregator.lock().config().interval();
@@ -181,12 +202,24 @@ async fn serve_on(
         durable_tasks.push(tokio::spawn(d.clone().track_appends()));
         durable_tasks.push(tokio::spawn(d.clone().checkpoint_loop(shared.aggregator.clone(), stop_rx.clone())));
     }
-    let grpc_server = tonic::transport::Server::builder()
-        .layer(ingest::CountRefusalsLayer(shared.stats.clone()))
-        .add_service(IngestServer::new(service).max_decoding_message_size(ingest::MAX_BATCH_BYTES));
+    let ingest_server = IngestServer::new(service).max_decoding_message_size(ingest::MAX_BATCH_BYTES);
+    let mut grpc_builder = tonic::transport::Server::builder().layer(ingest::CountRefusalsLayer(shared.stats.clone()));
+    let grpc_server = match &security.ingest_tokens {
+        // The token is checked before the message is decoded.
+        Some(tokens) => grpc_builder.add_service(tonic::service::interceptor::InterceptedService::new(
+            ingest_server,
+            security::IngestAuth { tokens: tokens.clone(), stats: security.stats.clone() },
+        )),
+        None => grpc_builder.add_service(ingest_server),
+    };
+    let (tls, stats) = (security.tls.clone(), security.stats.clone());
+    let grpc = security::listener::SecureListener::start(grpc, tls.clone(), security::tls::Listener::Ingest, stats.clone())
+        .map_err(|e| format!("gRPC listener: {e}"))?;
+    let http = security::listener::SecureListener::start(http, tls, security::tls::Listener::Http, stats)
+        .map_err(|e| format!("HTTP listener: {e}"))?;
     let mut rx = stop_rx.clone();
     let grpc_task = tokio::spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+        let incoming = grpc.into_incoming();
         grpc_server
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;
@@ -194,7 +227,10 @@ async fn serve_on(
             .await
             .map_err(|e| format!("gRPC server: {e}"))
     });
-    let app = http::router(http::AppState { aggregator: shared.aggregator.clone(), stats: shared.stats.clone() });
+    let mut app = http::router(http::AppState { aggregator: shared.aggregator.clone(), stats: shared.stats.clone() });
+    if let Some(tokens) = &security.http_tokens {
+        app = app.layer(axum::middleware::from_fn_with_state((tokens.clone(), security.stats.clone()), security::require_http_token));
+    }
     let mut rx = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)
@@ -361,6 +397,7 @@ async fn finish_within(task: tokio::task::JoinHandle<Result<(), String>>, grace:
 /// A collector running on its own threads (its own tokio runtime), for
 /// embedding in tests and demos. Stops on [`Collector::shutdown`] or drop.
 pub struct Collector {
+    tls: bool,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     shared: Shared,
@@ -387,7 +424,9 @@ impl Collector {
         http.set_nonblocking(true).map_err(|e| e.to_string())?;
         let statsd = config.statsd_listen.map(|addr| statsd::Sockets::bind(addr, config.statsd_recv_buffer)).transpose()?;
         let statsd_addr = statsd.as_ref().map(statsd::Sockets::local_addr);
-        let shared = Shared::open_with(config, options)?;
+        let shared = Shared::open_with(config.clone(), options)?;
+        let security = security::Security::load(&config, shared.stats.security.clone())?;
+        let tls = security.tls.is_some();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("shoal-collector")
@@ -402,7 +441,7 @@ impl Collector {
                 let result = runtime.block_on(async move {
                     let grpc = tokio::net::TcpListener::from_std(grpc).map_err(|e| e.to_string())?;
                     let http = tokio::net::TcpListener::from_std(http).map_err(|e| e.to_string())?;
-                    serve_on(serving, grpc, http, statsd, async move {
+                    serve_on(serving, grpc, http, statsd, security, async move {
                         let _ = stopped.await;
                     })
                     .await
@@ -411,7 +450,7 @@ impl Collector {
                 result
             })
             .map_err(|e| e.to_string())?;
-        Ok(Collector { grpc_addr, http_addr, shared, statsd_addr, stop: Some(stop), thread: Some(thread) })
+        Ok(Collector { tls, grpc_addr, http_addr, shared, statsd_addr, stop: Some(stop), thread: Some(thread) })
     }
 
     /// Address of the gRPC ingest listener.
@@ -419,9 +458,22 @@ impl Collector {
         self.grpc_addr
     }
 
-    /// `http://ADDR` for `ShoalBuilder::collector`.
+    /// `http://ADDR` (`https://ADDR` with TLS) for `ShoalBuilder::collector`.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        format!("{}://{}", self.scheme(), self.grpc_addr)
+    }
+
+    /// `http://ADDR` (`https://ADDR` with TLS) of the HTTP listener.
+    pub fn http_url(&self) -> String {
+        format!("{}://{}", self.scheme(), self.http_addr)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Address of the HTTP listener.

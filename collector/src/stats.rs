@@ -111,6 +111,8 @@ pub struct Stats {
     forwarder: parking_lot::Mutex<Option<Arc<shoal_proto::client::FlusherStats>>>,
     /// The StatsD listener's counts (exposed only when it runs).
     pub statsd: Arc<crate::statsd::StatsdStats>,
+    /// TLS handshakes, token refusals, reloads.
+    pub security: Arc<crate::security::SecurityStats>,
 }
 
 impl Stats {
@@ -338,5 +340,6 @@ impl Stats {
         self.write_remote_write(w);
         self.write_forwarder(w);
         self.statsd.write(w);
+        self.security.write(w);
     }
 }

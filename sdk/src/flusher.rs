@@ -5,7 +5,7 @@
 
 use crate::error::Error;
 use crate::inner::Inner;
-use shoal_proto::client::{ClientConfig, ClientError, FlushClient, SplitLimits};
+use shoal_proto::client::{ClientConfig, ClientError, ClientSecurity, FlushClient, SplitLimits};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ pub(crate) struct FlusherConfig {
     pub(crate) endpoints: Vec<String>,
     pub(crate) interval: Duration,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) security: ClientSecurity,
 }
 
 /// Handle to the flusher thread.
@@ -40,6 +41,7 @@ impl Flusher {
             shutdown_timeout: config.shutdown_timeout,
             split: SplitLimits::default(),
             state_file: None,
+            security: config.security,
         };
         Ok(Flusher(FlushClient::start(inner, identity, stats, config)?))
     }

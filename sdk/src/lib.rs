@@ -61,7 +61,10 @@ mod timer;
 pub use crate::error::Error;
 pub use crate::handles::{Counter, Gauge, Histogram};
 pub use crate::registry::Refusal;
-pub use crate::shoal::{Shoal, ShoalBuilder, DEFAULT_CARDINALITY_LIMIT, DEFAULT_FLUSH_INTERVAL};
+pub use crate::shoal::{
+    Shoal, ShoalBuilder, DEFAULT_CARDINALITY_LIMIT, DEFAULT_FLUSH_INTERVAL, ENV_AUTH_TOKEN, ENV_COLLECTOR, ENV_FLUSH_INTERVAL, ENV_SERVICE,
+    ENV_TLS_CA_FILE,
+};
 pub use crate::timer::Timer;
 pub use shoal_core::{self, sketch, CounterDelta, Deltas, GaugeValue, HistogramDelta, SeriesKey, Sketch};
 pub use shoal_macros::{timed, LabelSet, Metrics};

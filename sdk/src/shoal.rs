@@ -10,8 +10,10 @@ use metrics::{Key, KeyName, Metadata, SharedString, Unit};
 use parking_lot::Mutex;
 use shoal_core::sketch::{scale_for_relative_error, Sketch, DEFAULT_RELATIVE_ERROR, MAX_SCALE};
 use shoal_core::{Deltas, SeriesKey};
-use shoal_proto::client::{FlusherStats, Identity};
+use shoal_proto::client::{AuthToken, ClientSecurity, FlusherStats, Identity};
 use shoal_proto::limits::{check_series, MAX_INSTANCE_LABEL_BYTES};
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +33,76 @@ pub struct ShoalBuilder {
     relative_error: f64,
     shutdown_timeout: Duration,
     send_own_metrics: bool,
+    /// Set by [`ShoalBuilder::flush_interval`] (an environment value must not override it).
+    flush_interval_set: bool,
+    tls_ca_file: Option<PathBuf>,
+    tls_client_cert: Option<(PathBuf, PathBuf)>,
+    auth_token: Option<Secret>,
+    /// What [`ShoalBuilder::from_env`] read; explicit calls win over it.
+    env: Option<Env>,
+}
+
+/// A token kept out of `Debug` output.
+#[derive(Clone)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The `SHOAL_*` environment variables, as read (checked at build).
+#[derive(Clone, Debug, Default)]
+struct Env {
+    collectors: Vec<String>,
+    auth_token: Option<Secret>,
+    service: Option<String>,
+    flush_interval: Option<String>,
+    tls_ca_file: Option<PathBuf>,
+}
+
+impl Env {
+    fn read(var: impl Fn(&str) -> Option<String>) -> Env {
+        let var = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        Env {
+            collectors: var(ENV_COLLECTOR)
+                .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default(),
+            auth_token: var(ENV_AUTH_TOKEN).map(Secret),
+            service: var(ENV_SERVICE),
+            flush_interval: var(ENV_FLUSH_INTERVAL),
+            tls_ca_file: var(ENV_TLS_CA_FILE).map(PathBuf::from),
+        }
+    }
+}
+
+/// Collector URLs, comma-separated (several are shards).
+pub const ENV_COLLECTOR: &str = "SHOAL_COLLECTOR";
+/// Bearer token sent with every batch.
+pub const ENV_AUTH_TOKEN: &str = "SHOAL_AUTH_TOKEN";
+/// The service name.
+pub const ENV_SERVICE: &str = "SHOAL_SERVICE";
+/// Flush interval: `10s`, `500ms`, `2m` or a number of seconds.
+pub const ENV_FLUSH_INTERVAL: &str = "SHOAL_FLUSH_INTERVAL";
+/// A private CA (PEM file) for `https://` collectors.
+pub const ENV_TLS_CA_FILE: &str = "SHOAL_TLS_CA_FILE";
+
+/// `10s`, `500ms`, `2m`, `1h` or a bare number of seconds (`1.5`).
+fn parse_interval(text: &str) -> Option<Duration> {
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let number: f64 = number.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n > 0.0)?;
+    let secs = match unit.trim() {
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 impl Default for ShoalBuilder {
@@ -44,6 +116,11 @@ impl Default for ShoalBuilder {
             relative_error: DEFAULT_RELATIVE_ERROR,
             shutdown_timeout: Duration::from_secs(5),
             send_own_metrics: true,
+            flush_interval_set: false,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            auth_token: None,
+            env: None,
         }
     }
 }
@@ -78,6 +155,56 @@ impl ShoalBuilder {
     /// How often the flusher sends a batch (default 10 s).
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.flush_interval = interval;
+        self.flush_interval_set = true;
+        self
+    }
+
+    /// A private CA (PEM file) to trust for `https://` collectors, beside
+    /// the system's roots and the Mozilla roots (which are enough for a
+    /// collector whose certificate comes from a public CA).
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// A client certificate chain and its private key (PEM files), for a
+    /// collector that requires mutual TLS (`tls_client_ca`).
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The bearer token sent with every batch (the collector's
+    /// `auth_tokens_file` lists it). A collector that refuses it answers
+    /// `UNAUTHENTICATED`: the flusher keeps the deltas, retries with
+    /// backoff, logs a warning at most every 30 s and counts
+    /// `shoal_flush_batches_unauthenticated_total`; recording is unaffected.
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.auth_token = Some(Secret(token.into()));
+        self
+    }
+
+    /// Reads the settings from the environment, for twelve-factor
+    /// deployments: `SHOAL_COLLECTOR` (comma-separated URLs: shards),
+    /// `SHOAL_AUTH_TOKEN`, `SHOAL_SERVICE`, `SHOAL_FLUSH_INTERVAL` (`10s`,
+    /// `500ms`, or seconds) and `SHOAL_TLS_CA_FILE`. Unset or empty
+    /// variables change nothing. Explicit builder calls win, whether made
+    /// before or after this one; a bad value is an error at
+    /// [`ShoalBuilder::build`] naming the variable.
+    ///
+    /// ```no_run
+    /// // SHOAL_COLLECTOR=https://collector.internal:7171 SHOAL_AUTH_TOKEN=... ./service
+    /// let shoal = shoal::Shoal::builder().service("checkout").from_env().install()?;
+    /// # Ok::<(), shoal::Error>(())
+    /// ```
+    pub fn from_env(self) -> Self {
+        self.from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`ShoalBuilder::from_env`] reading variables through `var` (tests,
+    /// or settings from elsewhere under the same names).
+    pub fn from_env_with(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
+        self.env = Some(Env::read(var));
         self
     }
 
@@ -112,7 +239,8 @@ impl ShoalBuilder {
     }
 
     /// Builds the `Shoal` without installing it as the global recorder.
-    pub fn build(self) -> Result<Shoal, Error> {
+    pub fn build(mut self) -> Result<Shoal, Error> {
+        self.merge_env()?;
         let scale = scale_for_relative_error(self.relative_error)
             .map(|s| s.max(0))
             .filter(|s| *s <= MAX_SCALE)
@@ -140,10 +268,16 @@ impl ShoalBuilder {
         let identity = Identity { instance_id: new_instance_id(), labels };
         slot::owned_slots();
         let inner = Arc::new(Inner::new(Registry::new(self.cardinality_limit, scale), identity, self.send_own_metrics));
+        let auth_token = self.auth_token.map(|t| AuthToken::new(t.0)).transpose()?;
         let flusher = match self.collectors.is_empty() {
             false => Some(Flusher::start(
                 inner.clone(),
-                FlusherConfig { endpoints: self.collectors, interval: self.flush_interval, shutdown_timeout: self.shutdown_timeout },
+                FlusherConfig {
+                    endpoints: self.collectors,
+                    interval: self.flush_interval,
+                    shutdown_timeout: self.shutdown_timeout,
+                    security: ClientSecurity { tls_ca_file: self.tls_ca_file, tls_client_cert: self.tls_client_cert, auth_token },
+                },
             )?),
             true => None,
         };
@@ -163,6 +297,40 @@ impl ShoalBuilder {
         metrics::set_global_recorder(recorder).map_err(|_| Error::RecorderAlreadyInstalled)?;
         shoal.installed = true;
         Ok(shoal)
+    }
+}
+
+impl ShoalBuilder {
+    /// Fills what no explicit call set from [`ShoalBuilder::from_env`].
+    fn merge_env(&mut self) -> Result<(), Error> {
+        let Some(env) = self.env.take() else { return Ok(()) };
+        if self.collectors.is_empty() {
+            self.collectors = env.collectors;
+        }
+        if self.auth_token.is_none() {
+            if let Some(token) = env.auth_token {
+                AuthToken::new(token.0.clone()).map_err(|_| {
+                    Error::InvalidConfig(format!("{ENV_AUTH_TOKEN}: not a bearer token (letters, digits and -._~+/ then optional =)"))
+                })?;
+                self.auth_token = Some(token);
+            }
+        }
+        if self.service.is_none() {
+            self.service = env.service;
+        }
+        if !self.flush_interval_set {
+            if let Some(text) = env.flush_interval {
+                self.flush_interval = parse_interval(&text).ok_or_else(|| {
+                    Error::InvalidConfig(format!(
+                        "{ENV_FLUSH_INTERVAL}={text:?}: expected a duration such as 10s, 500ms, 2m or a number of seconds"
+                    ))
+                })?;
+            }
+        }
+        if self.tls_ca_file.is_none() {
+            self.tls_ca_file = env.tls_ca_file;
+        }
+        Ok(())
     }
 }
 
@@ -330,3 +498,62 @@ macro_rules! forward_recorder {
 
 forward_recorder!(GlobalRecorder, this => this.inner);
 forward_recorder!(Shoal, this => this.inner);
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn environment_fills_what_no_call_set() {
+        let mut b = Shoal::builder().from_env_with(vars(&[
+            (ENV_COLLECTOR, " https://a:7171, ,http://b:7171 "),
+            (ENV_AUTH_TOKEN, "tok-en"),
+            (ENV_SERVICE, "checkout"),
+            (ENV_FLUSH_INTERVAL, "500ms"),
+            (ENV_TLS_CA_FILE, "/etc/ca.pem"),
+        ]));
+        b.merge_env().unwrap();
+        assert_eq!(b.collectors, vec!["https://a:7171", "http://b:7171"]);
+        assert_eq!(b.auth_token.as_ref().map(|t| t.0.as_str()), Some("tok-en"));
+        assert_eq!(b.service.as_deref(), Some("checkout"));
+        assert_eq!(b.flush_interval, Duration::from_millis(500));
+        assert_eq!(b.tls_ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(!format!("{b:?}").contains("tok-en"), "the token never shows in Debug");
+    }
+
+    #[test]
+    fn explicit_calls_win_before_or_after_from_env() {
+        let env = vars(&[(ENV_COLLECTOR, "http://env:1"), (ENV_SERVICE, "env"), (ENV_FLUSH_INTERVAL, "3"), (ENV_AUTH_TOKEN, "env")]);
+        let before = Shoal::builder().collector("http://mine:1").service("mine").flush_interval(Duration::from_secs(1)).auth_token("mine");
+        let after =
+            |b: ShoalBuilder| b.collector("http://mine:1").service("mine").flush_interval(Duration::from_secs(1)).auth_token("mine");
+        for mut b in [before.from_env_with(&env), after(Shoal::builder().from_env_with(&env))] {
+            b.merge_env().unwrap();
+            assert_eq!(b.collectors, vec!["http://mine:1"]);
+            assert_eq!(b.service.as_deref(), Some("mine"));
+            assert_eq!(b.flush_interval, Duration::from_secs(1));
+            assert_eq!(b.auth_token.as_ref().map(|t| t.0.as_str()), Some("mine"));
+        }
+    }
+
+    #[test]
+    fn bad_environment_values_are_errors_naming_the_variable() {
+        for (name, value) in [(ENV_FLUSH_INTERVAL, "soon"), (ENV_FLUSH_INTERVAL, "-1s"), (ENV_AUTH_TOKEN, "has space\"")] {
+            let e = Shoal::builder().from_env_with(vars(&[(name, value)])).build().err().expect("refused");
+            let text = e.to_string();
+            assert!(text.contains(name), "{text}");
+            if name == ENV_AUTH_TOKEN {
+                assert!(!text.contains("has space"), "the token is not repeated: {text}");
+            }
+        }
+        assert_eq!(parse_interval("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_interval("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_interval("0"), None);
+    }
+}

@@ -5,6 +5,9 @@
 #[path = "../support/real_servers.rs"]
 pub mod real_servers;
 
+#[path = "../support/pki.rs"]
+pub mod pki;
+
 #[allow(unused_imports)] // each test uses some
 pub use real_servers::{exact_quantile, find_binary, ServerProcess, TempDir};
 use shoal_collector::{Collector, Config};

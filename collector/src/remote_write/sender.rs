@@ -66,7 +66,7 @@ pub const DEFAULT_MAX_SAMPLES_PER_REQUEST: usize = 2000;
 /// One remote-write target.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RemoteWriteTarget {
-    /// Endpoint, e.g. `http://127.0.0.1:9090/api/v1/write` (plain http for now).
+    /// Endpoint, e.g. `http://127.0.0.1:9090/api/v1/write` or `https://...`.
     pub url: String,
     /// How histograms are sent.
     pub histograms: HistogramMode,
@@ -76,6 +76,9 @@ pub struct RemoteWriteTarget {
     /// File holding a bearer token, read at each send (rotation needs no
     /// restart); surrounding whitespace is ignored.
     pub bearer_token_file: Option<PathBuf>,
+    /// CA (PEM) trusted for an `https://` url beside the system's roots
+    /// and the Mozilla roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// Bound on one request, connect to last response byte.
     pub timeout: Duration,
     /// Bound on queued intervals.
@@ -95,6 +98,7 @@ impl RemoteWriteTarget {
             histograms: HistogramMode::default(),
             headers: BTreeMap::new(),
             bearer_token_file: None,
+            tls_ca_file: None,
             timeout: DEFAULT_TIMEOUT,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             max_samples_per_request: DEFAULT_MAX_SAMPLES_PER_REQUEST,
@@ -385,8 +389,8 @@ impl RemoteWriter {
     ) -> Result<RemoteWriter, String> {
         let uri: Uri = target.url.parse().map_err(|e| format!("remote-write url {:?}: {e}", target.url))?;
         match uri.scheme_str() {
-            Some("http") => {}
-            other => return Err(format!("remote-write url {:?}: scheme {other:?} not supported (http only)", target.url)),
+            Some("http" | "https") => {}
+            other => return Err(format!("remote-write url {:?}: scheme {other:?} not supported (http or https)", target.url)),
         }
         if uri.host().is_none() {
             return Err(format!("remote-write url {:?}: no host", target.url));
@@ -400,6 +404,9 @@ impl RemoteWriter {
             let value = HeaderValue::try_from(v.as_str()).map_err(|e| format!("remote-write header {k:?} value: {e}"))?;
             headers.push((name, value));
         }
+        let tls = crate::security::tls::client_config(target.tls_ca_file.as_deref())
+            .map_err(|e| format!("remote-write url {:?}: {e}", target.url))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         let mut storage = storage;
         let stats = Arc::<TargetStats>::default();
         storage.attach_stats(stats.clone());
@@ -407,7 +414,7 @@ impl RemoteWriter {
         let queue = Queue { storage, next_seq, in_flight: None };
         let shared = Arc::new(Shared { target, uri, headers, queue: Mutex::new(queue), wake: Notify::new(), stats });
         shared.set_queue_len(&shared.queue.lock());
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         let task = runtime.spawn(run(shared.clone(), client));
         Ok(RemoteWriter { shared, task })
     }
@@ -537,7 +544,7 @@ impl RemoteWriteSet {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 enum Outcome {
     Delivered,

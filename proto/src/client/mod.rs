@@ -137,6 +137,78 @@ pub struct ClientConfig {
     /// Where a durable client keeps its state (see [`store`]); `None`:
     /// memory only.
     pub state_file: Option<StateFile>,
+    /// TLS trust and the bearer token.
+    pub security: ClientSecurity,
+}
+
+/// How the client proves who it is and whom it trusts. `https://`
+/// endpoints use TLS with the system's roots and the Mozilla roots, plus
+/// `tls_ca_file`; `http://` ones are plain.
+#[derive(Clone, Debug, Default)]
+pub struct ClientSecurity {
+    /// A private CA (PEM) trusted beside the public roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Certificate chain and private key (PEM files) presented to a
+    /// collector that asks for one (mutual TLS).
+    pub tls_client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Sent as `authorization: Bearer <token>` with every batch.
+    pub auth_token: Option<AuthToken>,
+}
+
+/// A bearer token: checked to fit a header, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken(String);
+
+impl AuthToken {
+    /// Checks `token` (RFC 6750: letters, digits, `-._~+/`, then optional
+    /// `=`). The error does not repeat the token.
+    pub fn new(token: impl Into<String>) -> Result<AuthToken, ClientError> {
+        let token = token.into();
+        let token = token.trim().to_string();
+        let body = token.trim_end_matches('=');
+        if body.is_empty() || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)) {
+            return Err(ClientError::InvalidConfig("auth token: not a bearer token (letters, digits and -._~+/ then optional =)".into()));
+        }
+        Ok(AuthToken(token))
+    }
+
+    fn header(&self) -> tonic::metadata::AsciiMetadataValue {
+        format!("Bearer {}", self.0).parse().expect("checked by AuthToken::new")
+    }
+}
+
+impl fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthToken(<redacted>)")
+    }
+}
+
+/// What every lane's connection uses: TLS settings (for `https://`) and the
+/// `authorization` value.
+#[derive(Clone)]
+struct Transport {
+    tls: tonic::transport::ClientTlsConfig,
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl Transport {
+    fn new(security: &ClientSecurity) -> Result<Transport, ClientError> {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(path) = &security.tls_ca_file {
+            let pem = std::fs::read(path).map_err(|e| ClientError::InvalidConfig(format!("TLS CA file {}: {e}", path.display())))?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ClientError::InvalidConfig(format!("TLS CA file {}: no PEM certificate in it", path.display())));
+            }
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        if let Some((cert, key)) = &security.tls_client_cert {
+            let read = |path: &std::path::Path, what: &str| {
+                std::fs::read(path).map_err(|e| ClientError::InvalidConfig(format!("TLS client {what} {}: {e}", path.display())))
+            };
+            tls = tls.identity(tonic::transport::Identity::from_pem(read(cert, "certificate")?, read(key, "key")?));
+        }
+        Ok(Transport { tls, authorization: security.auth_token.as_ref().map(AuthToken::header) })
+    }
 }
 
 /// What can go wrong when using the client.
@@ -187,10 +259,28 @@ pub fn check_endpoints(endpoints: &[String]) -> Result<(), ClientError> {
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
-    Ok(Endpoint::from_shared(url.to_string())
+    let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| ClientError::InvalidConfig(format!("collector url {url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true))
+        .tcp_nodelay(true);
+    match endpoint.uri().scheme_str() {
+        Some("http" | "https") => Ok(endpoint),
+        other => Err(ClientError::InvalidConfig(format!("collector url {url:?}: scheme {other:?}, expected http:// or https://"))),
+    }
+}
+
+/// The channel to `url` (already checked), with TLS for `https://`.
+fn connect(url: &str, transport: &Transport) -> Channel {
+    let endpoint = endpoint(url).expect("checked by check_endpoints");
+    let endpoint = match endpoint.uri().scheme_str() {
+        Some("https") => match endpoint.clone().tls_config(transport.tls.clone()) {
+            Ok(e) => e,
+            // Cannot happen for an https URL; plain, the handshake fails visibly.
+            Err(_) => endpoint,
+        },
+        _ => endpoint,
+    };
+    endpoint.connect_lazy()
 }
 
 /// Handle to a running flush client thread.
@@ -211,6 +301,7 @@ impl FlushClient {
         config: ClientConfig,
     ) -> Result<FlushClient, ClientError> {
         check_endpoints(&config.endpoints)?;
+        let transport = Transport::new(&config.security)?;
         let saved = match &config.state_file {
             Some(file) => file.load().map_err(ClientError::InvalidConfig)?,
             None => None,
@@ -224,7 +315,7 @@ impl FlushClient {
         let thread = std::thread::Builder::new()
             .name("shoal-flusher".into())
             .spawn(move || {
-                let mut state = State::new(source, identity, stats, runtime, config);
+                let mut state = State::new(source, identity, stats, runtime, config, transport);
                 state.resume(saved);
                 state.run(receiver);
             })
@@ -358,6 +449,7 @@ struct SendContext<'a> {
 struct Lane {
     endpoint: String,
     client: IngestClient<Channel>,
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
     sequence: u64,
     pending: Pending,
     refs: RefTable,
@@ -376,11 +468,12 @@ struct Lane {
 
 impl Lane {
     /// A lane for `url` (already checked). Call inside the runtime.
-    fn new(url: &str) -> Lane {
-        let channel = endpoint(url).expect("checked by check_endpoints").connect_lazy();
+    fn new(url: &str, transport: &Transport) -> Lane {
+        let channel = connect(url, transport);
         Lane {
             endpoint: url.to_string(),
             client: IngestClient::new(channel).max_decoding_message_size(crate::limits::MAX_BATCH_BYTES),
+            authorization: transport.authorization.clone(),
             sequence: 0,
             pending: Pending { accumulating_since: unix_nanos(), ..Pending::default() },
             refs: RefTable::default(),
@@ -463,6 +556,10 @@ impl Lane {
             stats.series_updates_sent.fetch_add(updates, Relaxed);
             stats.bytes_sent.fetch_add(request.encoded_len() as u64, Relaxed);
             let mut client = self.client.clone();
+            let mut request = tonic::Request::new(request);
+            if let Some(value) = &self.authorization {
+                request.metadata_mut().insert("authorization", value.clone());
+            }
             let response = match tokio::time::timeout(timeout, client.flush(request)).await {
                 Ok(Ok(r)) => r.into_inner(),
                 Ok(Err(status)) => return self.refused(status, cx),
@@ -565,6 +662,13 @@ impl Lane {
                 cx.stats.batches_overloaded.fetch_add(1, Relaxed);
                 self.failed(why, retry_hint(&status), cx.stats)
             }
+            // A token (or TLS) problem is the operator's to fix, possibly on
+            // the collector (a token added back by SIGHUP): the batch is
+            // kept and resent with backoff; the warning says what to check.
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                cx.stats.batches_unauthenticated.fetch_add(1, Relaxed);
+                self.failed(format!("{why} (check the auth token and the collector's tokens file)"), None, cx.stats)
+            }
             tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::OutOfRange => {
                 if let Some(batch) = self.pending.sealed.pop_front() {
                     tracing::warn!(target: "shoal::flusher", "batch {} dropped: {why}", batch.sequence);
@@ -610,6 +714,7 @@ struct State {
     stats: Arc<FlusherStats>,
     runtime: tokio::runtime::Runtime,
     config: ClientConfig,
+    transport: Transport,
     router: Router,
     /// The shards' lanes in router order, then draining lanes.
     lanes: Vec<Lane>,
@@ -637,11 +742,12 @@ impl State {
         stats: Arc<FlusherStats>,
         runtime: tokio::runtime::Runtime,
         config: ClientConfig,
+        transport: Transport,
     ) -> State {
         let router = Router::new(&config.endpoints);
         let lanes = {
             let _inside = runtime.enter();
-            config.endpoints.iter().map(|e| Lane::new(e)).collect()
+            config.endpoints.iter().map(|e| Lane::new(e, &transport)).collect()
         };
         State {
             source,
@@ -649,6 +755,7 @@ impl State {
             stats,
             runtime,
             config,
+            transport,
             router,
             lanes,
             retired: HashMap::new(),
@@ -714,7 +821,7 @@ impl State {
             return i;
         }
         let _inside = self.runtime.enter();
-        let mut lane = Lane::new(url);
+        let mut lane = Lane::new(url, &self.transport);
         lane.sequence = self.retired.remove(url).unwrap_or(0);
         lane.draining = true;
         self.lanes.push(lane);
@@ -836,7 +943,7 @@ impl State {
                         lane
                     }
                     None => {
-                        let mut lane = Lane::new(e);
+                        let mut lane = Lane::new(e, &self.transport);
                         lane.sequence = self.retired.remove(e).unwrap_or(0);
                         lane
                     }

@@ -65,6 +65,10 @@ pub struct FlusherStats {
     pub batches_overloaded: AtomicU64,
     /// Batches the collector refused as a whole and that were dropped.
     pub batches_refused: AtomicU64,
+    /// Send attempts the collector answered `UNAUTHENTICATED` or
+    /// `PERMISSION_DENIED` (wrong or missing token, or a TLS port spoken to
+    /// in plain); the batch is kept and resent after a backoff.
+    pub batches_unauthenticated: AtomicU64,
     /// Series-updates in send attempts.
     pub series_updates_sent: AtomicU64,
     /// Series-updates acknowledged.
@@ -129,7 +133,7 @@ impl FlusherStats {
     /// The `shoal_flush_*` self-metrics, as data.
     pub fn own_metrics(&self) -> OwnMetrics {
         let mut own = OwnMetrics::default();
-        let counters: [(&'static str, &AtomicU64, &'static str); 13] = [
+        let counters: [(&'static str, &AtomicU64, &'static str); 14] = [
             ("shoal_flush_batches_sent_total", &self.batches_sent, "Batch send attempts, retries included"),
             ("shoal_flush_batches_acknowledged_total", &self.batches_acknowledged, "Batches acknowledged by the collector"),
             ("shoal_flush_batches_duplicate_total", &self.batches_duplicate, "Acknowledged batches the collector had already merged"),
@@ -140,6 +144,11 @@ impl FlusherStats {
                 "Batch send attempts refused by an overloaded collector; the batch is kept and resent after a backoff",
             ),
             ("shoal_flush_batches_refused_total", &self.batches_refused, "Batches the collector refused as a whole; dropped and counted"),
+            (
+                "shoal_flush_batches_unauthenticated_total",
+                &self.batches_unauthenticated,
+                "Batch send attempts refused for the auth token (or plain text to a TLS port); the batch is kept and resent",
+            ),
             ("shoal_flush_series_updates_sent_total", &self.series_updates_sent, "Series-updates in batch send attempts"),
             (
                 "shoal_flush_series_updates_acknowledged_total",

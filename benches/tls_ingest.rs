@@ -8,6 +8,8 @@
 //! element is one series-update, or one connection); compare the lines of
 //! one run as ratios.
 
+// The bench uses the CA and server certificate; the tests use the rest.
+#[allow(dead_code)]
 #[path = "../tests/support/pki.rs"]
 mod pki;
 

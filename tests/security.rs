@@ -481,3 +481,52 @@ fn a_token_removed_by_sighup_is_refused_and_its_data_waits_until_it_is_back() {
     drop(s);
     signal(&daemon.0, "-TERM");
 }
+
+#[test]
+fn remote_write_reaches_an_https_target_trusting_a_private_ca() {
+    let dir = TempDir::new("tls-remote-write");
+    let pki = Pki::generate(&dir.0);
+    let addr = free_addr();
+    let child = std::process::Command::new(common::find_binary("victoria-metrics"))
+        .args([
+            format!("-httpListenAddr={addr}"),
+            format!("-storageDataPath={}", dir.0.join("vm").display()),
+            "-search.latencyOffset=1s".into(),
+            "-tls".into(),
+            format!("-tlsCertFile={}", pki.server_cert.display()),
+            format!("-tlsKeyFile={}", pki.server_key.display()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.0.join("vm.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _vm = Daemon(child);
+    let a = agent(&pki.ca);
+    let base = format!("https://localhost:{}", addr.port());
+    let up = wait_for(Duration::from_secs(30), || a.get(&format!("{base}/health")).call().ok().filter(|r| r.status() == 200).map(|_| ()));
+    assert!(up.is_some(), "VictoriaMetrics did not start: {}", std::fs::read_to_string(dir.0.join("vm.log")).unwrap_or_default());
+
+    let collector = start_collector(None, |c| {
+        c.interval_secs = 1;
+        let mut target = shoal_collector::config::RemoteWriteConfig::new(format!("{base}/api/v1/write"));
+        target.tls_ca_file = Some(pki.ca.clone());
+        c.remote_write = vec![target];
+    });
+    let s = sdk(&collector.grpc_url(), |b| b);
+    s.counter("https_pushed_total", &[]).increment(77);
+    s.flush().unwrap();
+    let seen = wait_for(Duration::from_secs(30), || {
+        let _ = a.get(&format!("{base}/internal/force_flush")).call();
+        let (_, body) = get(&a, &format!("{base}/api/v1/query?query=https_pushed_total"), None);
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok().filter(|v| *v == 77.0)
+    });
+    assert_eq!(seen, Some(77.0), "the counter reached VictoriaMetrics over https");
+    let text = scrape(&collector);
+    assert!(
+        sample(&text, &format!(r#"shoal_collector_remote_write_requests_sent_total{{url="{base}/api/v1/write"}}"#)).unwrap() >= 1.0,
+        "{text}"
+    );
+    drop(s);
+    collector.shutdown().unwrap();
+}

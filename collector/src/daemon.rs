@@ -282,6 +282,12 @@ where
     if let Err(e) = config.validate() {
         return fatal(overrides.explain(e), EXIT_CONFIG);
     }
+    // Certificates, keys and tokens files: unreadable or invalid is a
+    // configuration error, found before anything starts.
+    let security = crate::security::Security::load(&config, Default::default()).map(drop);
+    if let Err(e) = security.and_then(|()| crate::forward::upstream_security(&config).map(drop)) {
+        return fatal(overrides.explain(e), EXIT_CONFIG);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fatal(format!("cannot start the runtime: {e}"), EXIT_SERVE),

@@ -157,6 +157,23 @@ fn bad_flag_values_name_the_flag_and_exit_2() {
 }
 
 #[test]
+fn bad_tls_and_token_files_are_configuration_errors() {
+    let out = bin().args(["--tls-cert", "/nonexistent/cert.pem"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("tls_cert is set without tls_key") && stderr_of(&out).contains("--tls-cert"), "{}", stderr_of(&out));
+    let out = bin().args(["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("/nonexistent/cert.pem"), "{}", stderr_of(&out));
+    let dir = temp_dir("bad-tokens");
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "good-token\nsecret-token tenant extra\n").unwrap();
+    let out = bin().arg("--auth-tokens-file").arg(&tokens).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("line 2") && !stderr.contains("secret-token"), "{stderr}");
+}
+
+#[test]
 fn a_port_in_use_exits_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let http = taken.local_addr().unwrap();

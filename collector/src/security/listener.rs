@@ -183,12 +183,13 @@ async fn accept_loop(
         let (acceptor, tx, stats) = (tls.acceptor(which), tx.clone(), stats.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, acceptor, which)).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, acceptor, which, &stats)).await {
                 Ok(Ok(conn)) => {
                     stats.handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = tx.send((Conn::Tls(Box::new(conn)), peer)).await;
                 }
-                Ok(Err(reason)) => {
+                Ok(Err(None)) => tracing::debug!(%peer, "plaintext client on a TLS port"),
+                Ok(Err(Some(reason))) => {
                     stats.handshake_failed(reason);
                     tracing::debug!(%peer, reason, "TLS handshake failed");
                 }
@@ -202,18 +203,22 @@ async fn handshake(
     stream: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
     which: Listener,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, &'static str> {
+    stats: &SecurityStats,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, Option<&'static str>> {
     let mut first = [0u8; 1];
     match stream.peek(&mut first).await {
-        Ok(0) => return Err("closed_by_client"),
+        Ok(0) => return Err(Some("closed_by_client")),
         Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => {
+            // Counted before the client is told, so whoever sees the refusal
+            // also finds it in the counters. `None`: already counted.
+            stats.handshake_failed("plaintext");
             tell_plaintext_client(stream, which).await;
-            return Err("plaintext");
+            return Err(None);
         }
         Ok(_) => {}
-        Err(_) => return Err("io_error"),
+        Err(_) => return Err(Some("io_error")),
     }
-    acceptor.accept(stream).await.map_err(|e| handshake_failure(&e))
+    acceptor.accept(stream).await.map_err(|e| Some(handshake_failure(&e)))
 }
 
 /// What a TLS port tells a client that spoke plain HTTP to it (bounded by
@@ -237,12 +242,11 @@ async fn tell_plaintext_client(stream: TcpStream, which: Listener) {
             // A gRPC client gets a status it can show: every call on this
             // connection is answered UNAUTHENTICATED, then it is closed.
             let service = hyper::service::service_fn(|_request| async {
-                let response = http::Response::builder()
+                http::Response::builder()
                     .header("content-type", "application/grpc")
                     .header("grpc-status", (tonic::Code::Unauthenticated as i32).to_string())
                     .header("grpc-message", PLAINTEXT_MESSAGE)
-                    .body(http_body_util::Empty::<bytes::Bytes>::new());
-                response
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
             });
             let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);

@@ -132,6 +132,12 @@ fn right_ca_and_token_deliver_exact_totals_over_tls() {
     assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].as_str().unwrap().contains("bearer"), "{body}");
     assert_eq!(get(&a, &format!("{}/api/v1/series", collector.http_url()), Some("wrong")).0, 401);
     assert_eq!(get(&a, &format!("{}/healthz", collector.http_url()), None).0, 200);
+    assert_eq!(get(&a, &format!("{}/readyz", collector.http_url()), None).0, 200);
+    // The page's files hold no data: open; what it reads needs the token.
+    let (status, page) = get(&a, &format!("{}/", collector.http_url()), None);
+    assert_eq!(status, 200);
+    assert!(page.contains("app.js"));
+    assert_eq!(get(&a, &format!("{}/api/v1/instances", collector.http_url()), Some("scrape-token")).0, 200);
     assert_eq!(collector.shared().stats.security.http_refused(AuthRefusal::MissingToken), 1);
     assert_eq!(collector.shared().stats.security.http_refused(AuthRefusal::UnknownToken), 1);
     // Plain HTTP to the TLS port: a 400 that says https, counted.

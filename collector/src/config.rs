@@ -585,7 +585,9 @@ mod tests {
         assert_eq!(b.headers.get("X-Scope-OrgID").map(String::as_str), Some("team"));
         assert_eq!(b.bearer_token_file.as_deref(), Some(Path::new("/t")));
         assert!(Config::from_toml("[[remote_write]]\nurl = \"http://a\"\nhistograms = \"dense\"\n").is_err());
-        assert!(Config::from_toml("[[remote_write]]\nurl = \"https://a\"\n").is_err());
+        // https is a target like http (issue 14); other schemes are refused.
+        assert!(Config::from_toml("[[remote_write]]\nurl = \"https://a\"\n").is_ok());
+        assert!(Config::from_toml("[[remote_write]]\nurl = \"ftp://a\"\n").is_err());
         assert!(Config::from_toml("[[remote_write]]\nurl = \"http://a\"\nqueue = 1\n").is_err());
         let (_, ignored) = c.reloaded(&Config::default());
         assert_eq!(ignored, vec!["remote_write"]);

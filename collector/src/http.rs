@@ -1,37 +1,59 @@
 //! HTTP: `/metrics` (Prometheus exposition of the cluster rollups: text, or
 //! protobuf with native histograms when asked, see [`crate::scrape`]; gzip
-//! when accepted), `/healthz`, and the JSON query API under `/api/v1/`.
+//! when accepted), `/healthz` and `/readyz`, the JSON API under `/api/v1/`
+//! ([`crate::api`]) and the live page at `/` ([`crate::page`]).
 
-use crate::aggregate::{unix_secs, Aggregator, Kind, Point};
+use crate::aggregate::{unix_secs, Aggregator, Kind};
 use crate::config::GaugeRule;
 use crate::scrape::{self, Format};
 use crate::stats::Stats;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use parking_lot::Mutex;
-use serde::Deserialize;
-use serde_json::{json, Value};
 use shoal_core::exposition::{format_value, help_text, summary_labels, TextWriter};
 use shoal_core::names::sanitize_metric_name;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) aggregator: Arc<Mutex<Aggregator>>,
     pub(crate) stats: Arc<Stats>,
+    /// Set once state is restored and every listener is up; cleared when
+    /// the drain starts.
+    pub(crate) ready: Arc<AtomicBool>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/api/v1/series", get(series))
-        .route("/api/v1/query", get(query))
+        .route("/readyz", get(readyz))
+        .route("/", get(crate::page::index))
+        .route("/app.js", get(crate::page::script))
+        .route("/style.css", get(crate::page::style))
+        .route("/api/v1", get(crate::api::index))
+        .route("/api/v1/", get(crate::api::index))
+        .route("/api/v1/series", get(crate::api::series))
+        .route("/api/v1/query", get(crate::api::query))
+        .route("/api/v1/instances", get(crate::api::instances))
+        .route("/api/v1/health", get(crate::api::health))
+        .fallback(crate::api::not_found)
         .with_state(state)
+}
+
+/// `/readyz`: 200 once serving (state restored, listeners up), 503 before
+/// and while draining; `/healthz` says only that the process answers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
 }
 
 /// Renders the cluster rollups and the collector's self-metrics in the text
@@ -103,7 +125,7 @@ pub(crate) fn family_help(aggregator: &Aggregator, name: &str, kind: Kind, nativ
 }
 
 /// The rule as the config spells it.
-fn rule_name(rule: GaugeRule) -> &'static str {
+pub(crate) fn rule_name(rule: GaugeRule) -> &'static str {
     match rule {
         GaugeRule::Sum => "sum",
         GaugeRule::Min => "min",
@@ -141,87 +163,4 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         body
     };
     (response_headers, body).into_response()
-}
-
-#[derive(Deserialize)]
-struct SeriesParams {
-    name: Option<String>,
-}
-
-async fn series(State(state): State<AppState>, Query(p): Query<SeriesParams>) -> Json<Value> {
-    let series: Vec<Value> = {
-        let agg = state.aggregator.lock();
-        agg.series_list(p.name.as_deref())
-            .into_values()
-            .map(|(key, kind)| {
-                let d = agg.description(key.name());
-                json!({
-                    "series": key.canonical(),
-                    "name": key.name(),
-                    "labels": labels_json(key.labels()),
-                    "kind": kind.as_str(),
-                    "help": d.map(|d| d.help.as_str()).filter(|h| !h.is_empty()),
-                    "unit": d.and_then(|d| d.unit.as_deref()),
-                })
-            })
-            .collect()
-    };
-    Json(json!({ "series": series }))
-}
-
-fn labels_json(labels: &[(String, String)]) -> Value {
-    Value::Object(labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
-}
-
-#[derive(Deserialize)]
-struct QueryParams {
-    /// Metric name (required).
-    name: Option<String>,
-    /// Label filter: `k1=v1,k2=v2`.
-    labels: Option<String>,
-    /// Quantiles: `0.5,0.99`.
-    quantiles: Option<String>,
-}
-
-fn bad_request(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
-}
-
-async fn query(State(state): State<AppState>, Query(p): Query<QueryParams>) -> Response {
-    let Some(name) = p.name else { return bad_request("missing query parameter `name`".into()) };
-    let mut labels = Vec::new();
-    for pair in p.labels.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
-        match pair.split_once('=') {
-            Some((k, v)) => labels.push((k.to_string(), v.to_string())),
-            None => return bad_request(format!("label filter {pair:?} is not k=v")),
-        }
-    }
-    let mut quantiles = Vec::new();
-    for q in p.quantiles.as_deref().unwrap_or("0.5,0.9,0.99").split(',').filter(|s| !s.is_empty()) {
-        match q.parse::<f64>() {
-            Ok(v) if (0.0..=1.0).contains(&v) => quantiles.push(v),
-            _ => return bad_request(format!("quantile {q:?} is not a number in [0, 1]")),
-        }
-    }
-    let (found, interval) = {
-        let agg = state.aggregator.lock();
-        (agg.points(&name, &labels), agg.config().interval_secs)
-    };
-    let series: Vec<Value> = found
-        .into_iter()
-        .map(|(key, kind, points)| {
-            let points: Vec<Value> = points
-                .into_iter()
-                .map(|(i, p)| match p {
-                    Point::Counter(v) => json!({"start": i * interval, "end": (i + 1) * interval, "value": v}),
-                    Point::Histogram(s) => {
-                        let qs: serde_json::Map<String, Value> = quantiles.iter().map(|q| (q.to_string(), json!(s.quantile(*q)))).collect();
-                        json!({"start": i * interval, "end": (i + 1) * interval, "count": s.count(), "sum": s.sum(), "quantiles": qs})
-                    }
-                })
-                .collect();
-            json!({"series": key.canonical(), "labels": labels_json(key.labels()), "kind": kind.as_str(), "points": points})
-        })
-        .collect();
-    Json(json!({ "name": name, "interval_secs": interval, "series": series })).into_response()
 }

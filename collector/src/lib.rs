@@ -22,12 +22,14 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+mod api;
 pub mod config;
 pub mod daemon;
 pub mod durable;
 pub mod forward;
 mod http;
 pub mod ingest;
+mod page;
 pub mod persist;
 pub mod rejection;
 pub mod remote_write;
@@ -64,6 +66,8 @@ pub struct Shared {
     pub forwarder: Arc<Mutex<Option<Arc<forward::Forwarder>>>>,
     /// TLS and tokens, while serving.
     pub security: Arc<Mutex<Option<Arc<security::Security>>>>,
+    /// Serving: state restored and every listener up (`/readyz`).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -79,6 +83,7 @@ impl Shared {
             durable: None,
             forwarder: Arc::default(),
             security: Arc::default(),
+            ready: Arc::default(),
         }
     }
 
@@ -104,6 +109,7 @@ impl Shared {
             durable: Some(Arc::new(durable)),
             forwarder: Arc::default(),
             security: Arc::default(),
+            ready: Arc::default(),
         })
     }
 
@@ -227,7 +233,8 @@ async fn serve_on(
             .await
             .map_err(|e| format!("gRPC server: {e}"))
     });
-    let mut app = http::router(http::AppState { aggregator: shared.aggregator.clone(), stats: shared.stats.clone() });
+    let mut app =
+        http::router(http::AppState { aggregator: shared.aggregator.clone(), stats: shared.stats.clone(), ready: shared.ready.clone() });
     if let Some(tokens) = &security.http_tokens {
         app = app.layer(axum::middleware::from_fn_with_state((tokens.clone(), security.stats.clone()), security::require_http_token));
     }
@@ -266,6 +273,7 @@ async fn serve_on(
         shared.stats.set_forwarder(f.stats().clone());
         *shared.forwarder.lock() = Some(Arc::new(f));
     }
+    shared.ready.store(true, std::sync::atomic::Ordering::Release);
     let aggregator = shared.aggregator.clone();
     let mut rx = stop_rx.clone();
     let durable = shared.durable.clone();
@@ -296,6 +304,7 @@ async fn serve_on(
         }
     });
     shutdown.await;
+    shared.ready.store(false, std::sync::atomic::Ordering::Release);
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
     // Graceful drain, bounded: an HTTP/2 peer that is not polling its

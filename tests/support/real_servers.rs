@@ -43,7 +43,7 @@ pub fn find_binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "`{name}` not found: these tests run the real server and do not skip. Install it \
-                 (Debian: apt-get install prometheus victoria-metrics), or run scripts/test, which does."
+                 (Debian: apt-get install prometheus victoria-metrics chromium), or run scripts/test, which does."
             )
         })
 }

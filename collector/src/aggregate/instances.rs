@@ -29,6 +29,11 @@ pub(crate) struct Instance {
     pub(crate) accepted: usize,
     pub(crate) gauges: HashMap<Arc<SeriesKey>, f64>,
     pub(crate) last_seen_secs: u64,
+    /// When this process first saw it (not persisted: a restart starts the
+    /// batch rate over).
+    pub(crate) first_seen_secs: u64,
+    /// Batches merged since `first_seen_secs`.
+    pub(crate) batches: u64,
     /// Durable mode: the WAL ticket of its last merged batch (not
     /// persisted: everything restored is durable, ticket 0).
     pub(crate) ticket: u64,
@@ -43,6 +48,8 @@ impl Instance {
             accepted: 0,
             gauges: HashMap::new(),
             last_seen_secs: now,
+            first_seen_secs: now,
+            batches: 0,
             ticket: 0,
         }
     }
@@ -165,6 +172,7 @@ impl Bound {
     pub(crate) fn commit(self, instance: &mut Instance, sequence: u64, now: u64, labels: Vec<(String, String)>) {
         instance.last_sequence = sequence;
         instance.last_seen_secs = now;
+        instance.batches += 1;
         instance.labels = labels;
         instance.refs.extend(self.defined);
         instance.accepted = self.accepted;

@@ -24,6 +24,7 @@
 //! refs, bounded by [`admission::Limits::refused_refs`].
 
 pub mod admission;
+pub mod browse;
 pub mod export;
 pub mod forward;
 pub mod instances;
@@ -31,6 +32,7 @@ pub mod rollup;
 pub mod snapshot;
 
 pub use self::admission::Limits;
+pub use self::browse::{InstanceView, SeriesFilter, SeriesPage};
 pub use self::rollup::{merge_bounded, Point, MAX_ROLLUP_SPAN};
 pub use shoal_core::Kind;
 
@@ -345,6 +347,19 @@ impl Aggregator {
     /// which calls it with the logged `now`, does what it did live.
     pub fn maintain(&mut self, now: u64) {
         let oldest_interval = now.saturating_sub(self.config.retention_secs) / self.config.interval_secs;
+        // Every gauge's rolled-up value as the last interval closed (the
+        // maintenance tick runs just after each boundary): the gauge's point
+        // for that interval. No live instance, no point: a gap, never a zero.
+        let closed = (now / self.config.interval_secs).saturating_sub(1);
+        let mut gauge_points = Vec::new();
+        for (key, values) in self.gauge_values(now) {
+            gauge_points.push((key.clone(), self.config.gauge_rule(key.name()).apply(&values)));
+        }
+        for (key, value) in gauge_points {
+            if let Some(s) = self.series.get_mut(&key) {
+                s.set_gauge(closed, value);
+            }
+        }
         for s in self.series.values_mut() {
             s.trim(oldest_interval);
         }
@@ -584,6 +599,39 @@ mod tests {
             Outcome::Merged(r) => r.into_iter().map(|r| (r.r#ref, r.reason)).collect(),
             other => panic!("not merged: {other:?}"),
         }
+    }
+
+    #[test]
+    fn gauge_points_are_recorded_as_intervals_close_with_gaps_and_survive_a_checkpoint() {
+        let mut a = agg(|c| c.interval_secs = 10);
+        let gauge = |instance: &str, sequence: u64, defs: Vec<pb::SeriesDefinition>, value: f64| pb::FlushRequest {
+            instance_id: instance.into(),
+            sequence,
+            definitions: defs,
+            gauges: vec![pb::GaugeValue { r#ref: 1, value }],
+            ..Default::default()
+        };
+        let d = def(1, "depth", &[]);
+        a.apply(&gauge("x", 1, vec![d.clone()], 2.0), 1000).unwrap();
+        a.apply(&gauge("y", 1, vec![d], 3.0), 1000).unwrap();
+        a.maintain(1010); // closes interval 100: sum over x and y
+        a.apply(&gauge("x", 2, vec![], 5.0), 1015).unwrap();
+        a.maintain(1020); // interval 101
+                          // Both silent past the staleness (3 intervals): no point, a gap.
+        a.maintain(1080);
+        let points = |a: &Aggregator| -> Vec<(u64, f64)> {
+            a.points("depth", &[])[0]
+                .2
+                .iter()
+                .map(|(i, p)| match p {
+                    Point::Gauge(v) => (*i, *v),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(points(&a), vec![(100, 5.0), (101, 8.0)]);
+        let restored = Aggregator::restore(a.config().clone(), Arc::new(Stats::default()), a.snapshot()).unwrap();
+        assert_eq!(points(&restored), vec![(100, 5.0), (101, 8.0)]);
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub enum Point {
     Counter(u64),
     /// Histogram samples of the interval.
     Histogram(Sketch),
+    /// Gauge rolled up over the live instances as the interval closed
+    /// (recorded by `Aggregator::maintain`; no live instance, no point).
+    Gauge(f64),
 }
 
 /// A rollup series.
@@ -39,7 +42,7 @@ impl Series {
         self.total = self.total.wrapping_add(delta);
         match point_at(&mut self.points, interval, || Point::Counter(0)) {
             Point::Counter(v) => *v = v.wrapping_add(delta),
-            Point::Histogram(_) => unreachable!("a series has one kind (admission checks it)"),
+            Point::Histogram(_) | Point::Gauge(_) => unreachable!("a series has one kind (admission checks it)"),
         }
     }
 
@@ -51,8 +54,13 @@ impl Series {
         merge_bounded(self.cumulative.get_or_insert_with(|| Sketch::with_scale(scale)), sketch.clone());
         match point_at(&mut self.points, interval, || Point::Histogram(Sketch::with_scale(scale))) {
             Point::Histogram(p) => merge_bounded(p, sketch),
-            Point::Counter(_) => unreachable!("a series has one kind (admission checks it)"),
+            Point::Counter(_) | Point::Gauge(_) => unreachable!("a series has one kind (admission checks it)"),
         }
+    }
+
+    /// Sets the gauge's rolled-up value as `interval` closed.
+    pub(crate) fn set_gauge(&mut self, interval: u64, value: f64) {
+        *point_at(&mut self.points, interval, || Point::Gauge(value)) = Point::Gauge(value);
     }
 
     /// Drops points before `oldest_interval`.

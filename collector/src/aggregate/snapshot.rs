@@ -157,6 +157,9 @@ pub struct SnapPoint {
     /// Merged sketch (histograms).
     #[prost(message, optional, tag = "3")]
     pub sketch: Option<pb::Sketch>,
+    /// Rolled-up value (gauges).
+    #[prost(double, optional, tag = "4")]
+    pub gauge: Option<f64>,
 }
 
 /// One instance.
@@ -247,8 +250,11 @@ impl Aggregator {
                     .points
                     .iter()
                     .map(|(interval, p)| match p {
-                        Point::Counter(v) => SnapPoint { interval: *interval, counter: *v, sketch: None },
-                        Point::Histogram(sk) => SnapPoint { interval: *interval, counter: 0, sketch: Some(sketch_to_proto(sk)) },
+                        Point::Counter(v) => SnapPoint { interval: *interval, counter: *v, sketch: None, gauge: None },
+                        Point::Histogram(sk) => {
+                            SnapPoint { interval: *interval, counter: 0, sketch: Some(sketch_to_proto(sk)), gauge: None }
+                        }
+                        Point::Gauge(v) => SnapPoint { interval: *interval, counter: 0, sketch: None, gauge: Some(*v) },
                     })
                     .collect(),
                 cumulative: s.cumulative.as_ref().map(sketch_to_proto),
@@ -318,6 +324,7 @@ impl Aggregator {
             let mut points = VecDeque::with_capacity(s.points.len());
             for p in s.points {
                 let point = match (kind, p.sketch) {
+                    (Kind::Gauge, _) => Point::Gauge(p.gauge.ok_or_else(|| format!("gauge point without a value in {}", k.canonical()))?),
                     (Kind::Histogram, Some(sk)) => {
                         Point::Histogram(sketch_from_proto(&sk).map_err(|e| format!("sketch of {}: {e}", k.canonical()))?)
                     }

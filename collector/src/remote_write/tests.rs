@@ -327,7 +327,8 @@ fn backoff_is_capped_jittered_and_honours_retry_after() {
 fn invalid_targets_are_refused() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _g = rt.enter();
-    assert!(RemoteWriter::new(RemoteWriteTarget::new("https://example.com/api/v1/write")).is_err());
+    assert!(RemoteWriter::new(RemoteWriteTarget::new("https://example.com/api/v1/write")).is_ok());
+    assert!(RemoteWriter::new(RemoteWriteTarget::new("ftp://example.com/api/v1/write")).is_err());
     assert!(RemoteWriter::new(RemoteWriteTarget::new("not a url")).is_err());
     let mut t = RemoteWriteTarget::new("http://127.0.0.1:1/api/v1/write");
     t.headers.insert("Content-Type".into(), "text/plain".into());

@@ -249,10 +249,12 @@ impl tonic::service::Interceptor for IngestAuth {
 }
 
 /// Paths answered without a token: liveness and readiness probes.
-const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+const OPEN_PATHS: [&str; 5] = ["/healthz", "/readyz", "/", "/app.js", "/style.css"];
 
 /// axum middleware: a bearer token from `tokens` on every path but the
-/// probes; `401` with a JSON error otherwise.
+/// probes and the live page's static files (they hold no data: the page
+/// sends the token it is given in its URL's `#token=` to the API); `401`
+/// with a JSON error otherwise.
 pub async fn require_http_token(
     axum::extract::State((tokens, stats)): axum::extract::State<(Arc<TokenStore>, Arc<SecurityStats>)>,
     request: axum::extract::Request,

@@ -81,7 +81,9 @@ impl Tokens {
                 return Err(format!("{}: the token is not a bearer token (letters, digits and -._~+/ then optional =)", at()));
             }
             if let Some(t) = tenant {
-                check_tenant(t).map_err(|e| format!("{}: tenant {t:?}: {e}", at()))?;
+                // The tenant is not echoed either: a mistyped line may hold a
+                // token in the tenant's place.
+                check_tenant(t).map_err(|e| format!("{}: the tenant (second field): {e}", at()))?;
             }
             if tenants.insert(token.to_string(), tenant.map(str::to_string)).is_some() {
                 return Err(format!("{}: this token is listed twice", at()));
@@ -206,6 +208,8 @@ mod tests {
             ("s3cr\"et\n", 1, "not a bearer token"),
             ("dup\n#\ndup t\n", 3, "twice"),
             ("secret bad/tenant\n", 1, "tenant"),
+            // Found by the fuzz target: a tenant field that holds the token.
+            ("secret-token secret-token!\n", 1, "tenant"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(&format!("line {line}")) && e.contains(what), "{text:?}: {e}");

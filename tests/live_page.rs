@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The collector's interval in these tests: an instance is silent after
-/// more than an interval and a second without a batch.
-const INTERVAL_SECS: u64 = 3;
+/// more than an interval and a half without a batch.
+const INTERVAL_SECS: u64 = 5;
 
 fn browser() -> Browser {
     let chromium = find_binary("chromium");
@@ -245,7 +245,7 @@ fn the_live_page_shows_the_fleet_silent_instances_and_exact_histogram_charts() {
 
     // A counter's chart is a rate; a gauge's names its rule.
     tab.wait_for_element("#search").unwrap().click().unwrap();
-    eval(&tab, "const s = document.getElementById('search'); s.value = 'queue_depth'; s.dispatchEvent(new Event('input')); return true");
+    eval(&tab, "const s = document.getElementById('search'); s.value = 'queue_depth{instance=\"b\"'; s.dispatchEvent(new Event('input')); return true");
     wait_in_page(&tab, Duration::from_secs(5), "return document.querySelectorAll('#series-list li').length", |v| v == 1);
     eval(&tab, "document.querySelector('#series-list li').click(); return true");
     let note = wait_in_page(

@@ -24,8 +24,8 @@ pub struct InstanceView {
     pub batches: u64,
     /// Series it has defined and that were accepted.
     pub series: usize,
-    /// No batch for more than an interval (plus a second of clock
-    /// rounding): it stopped reporting, or cannot reach us.
+    /// No batch for more than an interval and a half: it stopped
+    /// reporting, or cannot reach us.
     pub silent: bool,
 }
 
@@ -82,7 +82,11 @@ impl Aggregator {
     /// Every instance this collector holds (it forgets them after
     /// `instance_expiry_secs`), sorted by service then id.
     pub fn instances_overview(&self, now: u64) -> Vec<InstanceView> {
-        let silent_after = self.config.interval_secs + 1;
+        // Half an interval of slack past one interval (and at least a second
+        // of clock rounding): an SDK flushing every interval, a little late,
+        // is not flagged; one that stopped is, within two intervals.
+        let interval = self.config.interval_secs;
+        let silent_after = interval + (interval / 2).max(1);
         let mut out: Vec<InstanceView> = self
             .instances
             .iter()

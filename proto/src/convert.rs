@@ -148,8 +148,23 @@ pub fn sketch_from_proto(p: &pb::Sketch) -> Result<Sketch, DecodeError> {
     while (span >> shift) > MAX_DECODED_SPAN as u64 && p.scale - (shift as i32) > MIN_SCALE {
         shift += 1;
     }
-    Sketch::from_parts(p.scale - shift as i32, p.zero_count, positive.into_store(shift), negative.into_store(shift), p.sum, p.min, p.max)
-        .map_err(DecodeError::Inconsistent)
+    let mut sketch = Sketch::from_parts(
+        p.scale - shift as i32,
+        p.zero_count,
+        positive.into_store(shift),
+        negative.into_store(shift),
+        p.sum,
+        p.min,
+        p.max,
+    )
+    .map_err(DecodeError::Inconsistent)?;
+    // Quantiles are clamped to the extremes, so extremes that disagree with
+    // the buckets (a sender's bug, or hostile) would drag every quantile of
+    // a merged rollup: each is kept only if it lies in the outermost bucket
+    // on its side, else that bucket's representative (within the error
+    // bound). Exact extremes from an SDK always lie there.
+    sketch.set_extremes_within_buckets(p.min, p.max);
+    Ok(sketch)
 }
 
 /// Most slots a decoded side may span before it is decoded at a coarser scale.
@@ -305,6 +320,17 @@ mod tests {
         p.scale = 6;
         p.positive = Some(pb::Buckets { offset: i32::MAX - 1, counts: vec![1, 1], gaps: vec![] });
         assert!(sketch_from_proto(&p).unwrap_err().to_string().contains("outside"));
+        // Extremes outside the buckets are pulled into them.
+        let mut s = Sketch::with_scale(6);
+        s.record(2.0).unwrap();
+        s.record(3.0).unwrap();
+        s.set_extremes(2.0, 3.0);
+        let mut p = sketch_to_proto(&s);
+        assert_eq!(sketch_from_proto(&p).unwrap().quantile(0.0), Some(2.0), "exact extremes kept");
+        (p.min, p.max) = (-1e9, 1e9);
+        let d = sketch_from_proto(&p).unwrap();
+        let (min, max) = (d.min().unwrap(), d.max().unwrap());
+        assert!((min - 2.0).abs() < 0.02 && (max - 3.0).abs() < 0.03, "{min} {max}");
         p.positive = Some(pb::Buckets { offset: 0, counts: vec![u64::MAX, 1], gaps: vec![] });
         assert!(sketch_from_proto(&p).unwrap_err().to_string().contains("overflow"));
         p.positive = Some(pb::Buckets { offset: 0, counts: vec![1, 1], gaps: vec![0, 0] });

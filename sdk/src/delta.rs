@@ -6,7 +6,6 @@
 //! read (in this delta) or after it (in the next), never in both and never in
 //! neither, so the sum of all deltas equals the sum of all updates, exactly.
 
-use crate::hot::histogram::set_bucket_extremes;
 use crate::registry::Registry;
 use shoal_core::deltas::{CounterDelta, Deltas, GaugeValue, HistogramDelta};
 use std::sync::atomic::Ordering::Relaxed;
@@ -32,7 +31,10 @@ pub(crate) fn take(registry: &Registry) -> Deltas {
             continue;
         }
         let mut delta = now.checked_sub(&last).unwrap_or_else(|| now.clone());
-        set_bucket_extremes(&mut delta);
+        // Exact extremes of the interval, kept only where they agree with
+        // the delta's buckets (see `HistogramCells::take_extremes`).
+        let (min, max) = series.cells.take_extremes();
+        delta.set_extremes_within_buckets(min, max);
         delta.trim();
         *last = now;
         deltas.histograms.push(HistogramDelta { key: series.key.clone(), sketch: delta });

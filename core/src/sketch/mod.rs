@@ -306,6 +306,52 @@ impl Sketch {
         }
     }
 
+    /// Sets the extremes from values tracked beside the buckets (an SDK's
+    /// exact minimum and maximum of an interval), each kept only if it lies
+    /// in the outermost non-empty bucket on its side; otherwise (a record
+    /// that raced a take, landing its count and its extreme in different
+    /// intervals) that bucket's representative, within the error bound.
+    /// The result always agrees with the buckets.
+    pub fn set_extremes_within_buckets(&mut self, min: f64, max: f64) {
+        if self.count == 0 {
+            return;
+        }
+        let scale = self.scale;
+        let mapping = mapping_for(scale);
+        // Which bucket a finite value falls in: (sign, index), zero bucket
+        // as (0, 0).
+        let bucket_of = |v: f64| -> Option<(i8, i32)> {
+            if !v.is_finite() {
+                None
+            } else if v.abs() < ZERO_THRESHOLD {
+                Some((0, 0))
+            } else {
+                Some((if v > 0.0 { 1 } else { -1 }, mapping.index(v.abs())))
+            }
+        };
+        let rep = |(sign, i): (i8, i32)| if sign == 0 { 0.0 } else { f64::from(sign) * mapping::bucket_representative(scale, i) };
+        let lowest = if let Some((i, _)) = self.negative.iter().next_back() {
+            (-1, i)
+        } else if self.zero_count > 0 {
+            (0, 0)
+        } else {
+            (1, self.positive.iter().next().map_or(0, |(i, _)| i))
+        };
+        let highest = if let Some((i, _)) = self.positive.iter().next_back() {
+            (1, i)
+        } else if self.zero_count > 0 {
+            (0, 0)
+        } else {
+            (-1, self.negative.iter().next().map_or(0, |(i, _)| i))
+        };
+        self.min = if bucket_of(min) == Some(lowest) { min } else { rep(lowest) };
+        self.max = if bucket_of(max) == Some(highest) { max } else { rep(highest) };
+        if self.min > self.max {
+            // One bucket, both extremes raced: its representative for both.
+            (self.min, self.max) = (rep(lowest), rep(highest));
+        }
+    }
+
     /// The value at quantile `q` (0 ≤ q ≤ 1): within the sketch's relative
     /// error of the sample of rank `ceil(q · count)` (nearest rank; q = 0 is
     /// the minimum). `None` if empty or `q` is not in `[0, 1]`.

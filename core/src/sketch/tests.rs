@@ -222,3 +222,27 @@ fn memory_does_not_grow_with_sample_count() {
     // Only the counter width may grow (u16 -> u32), never the bucket range.
     assert!(s.memory_bytes() <= after_200k * 2, "{} > 2 x {after_200k}", s.memory_bytes());
 }
+
+#[test]
+fn extremes_within_buckets_keep_exact_values_and_settle_races() {
+    let mut s = Sketch::with_scale(6);
+    for v in [0.25, 0.25, 3.0] {
+        s.record(v).unwrap();
+    }
+    s.set_extremes_within_buckets(0.25, 3.0);
+    assert_eq!((s.min(), s.max()), (Some(0.25), Some(3.0)));
+    assert_eq!(s.quantile(0.5), Some(0.25));
+    // An extreme outside the outermost bucket (a raced record): that
+    // bucket's representative, within the error bound, never outside.
+    s.set_extremes_within_buckets(0.1, 9.0);
+    let (min, max) = (s.min().unwrap(), s.max().unwrap());
+    assert!((min - 0.25).abs() / 0.25 <= s.relative_error() && (max - 3.0).abs() / 3.0 <= s.relative_error());
+    // Zero and negative sides.
+    let mut z = Sketch::with_scale(6);
+    z.record(0.0).unwrap();
+    z.record(-2.0).unwrap();
+    z.set_extremes_within_buckets(-2.0, 0.0);
+    assert_eq!((z.min(), z.max()), (Some(-2.0), Some(0.0)));
+    z.set_extremes_within_buckets(f64::INFINITY, f64::NEG_INFINITY);
+    assert!(z.min().unwrap() < -1.9 && z.max() == Some(0.0));
+}

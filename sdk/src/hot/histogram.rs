@@ -26,6 +26,11 @@ struct Directory([AtomicPtr<Page>; DIRECTORY]);
 struct Stripe {
     sum: AtomicU64,
     zero: AtomicU64,
+    /// Smallest and largest value recorded since the last take (`f64`
+    /// bits; +inf / -inf when none). Written only when a record is a new
+    /// extreme, so the common record only loads them.
+    min: AtomicU64,
+    max: AtomicU64,
     positive: Box<[AtomicPtr<Directory>]>,
     negative: Box<[AtomicPtr<Directory>]>,
 }
@@ -37,7 +42,14 @@ pub struct HistogramCells {
     position_base: i32,
     lowest: i32,
     stripes: Box<[Stripe]>,
+    /// Extremes of every interval taken so far (`f64` bits), for
+    /// [`HistogramCells::read`]; written by takes only.
+    taken_min: AtomicU64,
+    taken_max: AtomicU64,
 }
+
+const POS_INF_BITS: u64 = 0x7ff0_0000_0000_0000;
+const NEG_INF_BITS: u64 = 0xfff0_0000_0000_0000;
 
 /// Bits of `f64::MIN_POSITIVE` (the smallest normal) and of infinity: a
 /// magnitude whose bits are in `[MIN_NORMAL_BITS, INFINITY_BITS)` is finite,
@@ -91,10 +103,24 @@ impl HistogramCells {
         let directories = positions.div_ceil(PAGE * DIRECTORY);
         let table = || (0..directories).map(|_| AtomicPtr::new(ptr::null_mut())).collect::<Box<[_]>>();
         let stripes = (0..slot::stripes())
-            .map(|_| Stripe { sum: AtomicU64::new(0), zero: AtomicU64::new(0), positive: table(), negative: table() })
+            .map(|_| Stripe {
+                sum: AtomicU64::new(0),
+                zero: AtomicU64::new(0),
+                min: AtomicU64::new(POS_INF_BITS),
+                max: AtomicU64::new(NEG_INF_BITS),
+                positive: table(),
+                negative: table(),
+            })
             .collect();
         let position_base = lowest + (1023 << scale.max(0));
-        HistogramCells { mapping: mapping_for(scale), position_base, lowest, stripes }
+        HistogramCells {
+            mapping: mapping_for(scale),
+            position_base,
+            lowest,
+            stripes,
+            taken_min: AtomicU64::new(POS_INF_BITS),
+            taken_max: AtomicU64::new(NEG_INF_BITS),
+        }
     }
 
     /// Records `n` samples of `value`; NaN and infinities are refused
@@ -119,12 +145,37 @@ impl HistogramCells {
             return Err(if value.is_nan() { Rejection::Nan } else { Rejection::Infinite });
         }
         add_f64(&stripe.sum, value * n as f64, owned);
+        // Exact extremes: two loads and two predictable branches; a store
+        // only on a new extreme (rare once a distribution is seen).
+        if value < f64::from_bits(stripe.min.load(Relaxed)) {
+            lower_to(&stripe.min, value, owned);
+        }
+        if value > f64::from_bits(stripe.max.load(Relaxed)) {
+            raise_to(&stripe.max, value, owned);
+        }
         Ok(())
     }
 
-    /// The cumulative sketch of everything recorded so far. Minimum and
-    /// maximum are the representatives of the outermost buckets (within the
-    /// sketch's error bound).
+    /// The exact minimum and maximum recorded since the previous call
+    /// (+inf / -inf if nothing), resetting them: the extremes of the delta
+    /// a take is about to send. The caller serialises takes. A record
+    /// racing the take may put its count in one delta and its extreme in
+    /// the other; [`Sketch::set_extremes_within_buckets`] settles that.
+    pub fn take_extremes(&self) -> (f64, f64) {
+        let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+        for stripe in self.stripes.iter() {
+            min = min.min(f64::from_bits(stripe.min.swap(POS_INF_BITS, Relaxed)));
+            max = max.max(f64::from_bits(stripe.max.swap(NEG_INF_BITS, Relaxed)));
+        }
+        let taken_min = f64::from_bits(self.taken_min.load(Relaxed)).min(min);
+        let taken_max = f64::from_bits(self.taken_max.load(Relaxed)).max(max);
+        self.taken_min.store(taken_min.to_bits(), Relaxed);
+        self.taken_max.store(taken_max.to_bits(), Relaxed);
+        (min, max)
+    }
+
+    /// The cumulative sketch of everything recorded so far, with its exact
+    /// minimum and maximum (see [`HistogramCells::take_extremes`]).
     pub fn read(&self) -> Sketch {
         let scale = self.mapping.scale();
         let mut sketch = Sketch::with_scale(scale);
@@ -157,7 +208,12 @@ impl HistogramCells {
                 }
             }
         }
-        set_bucket_extremes(&mut sketch);
+        let (mut min, mut max) = (f64::from_bits(self.taken_min.load(Relaxed)), f64::from_bits(self.taken_max.load(Relaxed)));
+        for stripe in self.stripes.iter() {
+            min = min.min(f64::from_bits(stripe.min.load(Relaxed)));
+            max = max.max(f64::from_bits(stripe.max.load(Relaxed)));
+        }
+        sketch.set_extremes_within_buckets(min, max);
         sketch
     }
 
@@ -183,28 +239,27 @@ impl HistogramCells {
     }
 }
 
-/// Sets min/max from the outermost non-empty buckets.
-pub(crate) fn set_bucket_extremes(sketch: &mut Sketch) {
-    if sketch.is_empty() {
-        return;
+/// Lowers an `f64`-bits cell to `value` if it is smaller (the owner's
+/// plain store, or a compare-exchange loop on a shared stripe).
+#[cold]
+#[inline(never)]
+fn lower_to(cell: &AtomicU64, value: f64, owned: bool) {
+    if owned {
+        cell.store(value.to_bits(), Relaxed);
+    } else {
+        let _ = cell.fetch_update(Relaxed, Relaxed, |bits| (value < f64::from_bits(bits)).then_some(value.to_bits()));
     }
-    let scale = sketch.scale();
-    let rep = |i| mapping::bucket_representative(scale, i);
-    let min = if let Some((i, _)) = sketch.negative().iter().next_back() {
-        -rep(i)
-    } else if sketch.zero_count() > 0 {
-        0.0
+}
+
+/// Raises an `f64`-bits cell to `value` if it is larger (as [`lower_to`]).
+#[cold]
+#[inline(never)]
+fn raise_to(cell: &AtomicU64, value: f64, owned: bool) {
+    if owned {
+        cell.store(value.to_bits(), Relaxed);
     } else {
-        sketch.positive().iter().next().map(|(i, _)| rep(i)).unwrap_or(0.0)
-    };
-    let max = if let Some((i, _)) = sketch.positive().iter().next_back() {
-        rep(i)
-    } else if sketch.zero_count() > 0 {
-        0.0
-    } else {
-        sketch.negative().iter().next().map(|(i, _)| -rep(i)).unwrap_or(0.0)
-    };
-    sketch.set_extremes(min, max);
+        let _ = cell.fetch_update(Relaxed, Relaxed, |bits| (value > f64::from_bits(bits)).then_some(value.to_bits()));
+    }
 }
 
 impl Drop for HistogramCells {
@@ -253,5 +308,29 @@ mod tests {
         assert_eq!(cells.record(f64::NAN, 1), Err(Rejection::Nan));
         assert_eq!(cells.record(f64::NEG_INFINITY, 1), Err(Rejection::Infinite));
         assert_eq!(cells.read().count(), reference.count());
+    }
+
+    #[test]
+    fn extremes_are_exact_per_take_and_cumulatively() {
+        let cells = HistogramCells::new(6);
+        for _ in 0..1000 {
+            cells.record(0.25, 1).unwrap();
+        }
+        // A constant histogram: every quantile is the value, exactly (the
+        // bucket's representative would be 0.24865).
+        let read = cells.read();
+        assert_eq!((read.min(), read.max()), (Some(0.25), Some(0.25)));
+        for q in [0.0, 0.5, 0.99, 1.0] {
+            assert_eq!(read.quantile(q), Some(0.25), "q{q}");
+        }
+        assert_eq!(cells.take_extremes(), (0.25, 0.25));
+        assert_eq!(cells.take_extremes(), (f64::INFINITY, f64::NEG_INFINITY), "reset by the take");
+        cells.record(-3.0, 2).unwrap();
+        cells.record(7.5, 1).unwrap();
+        assert_eq!(cells.take_extremes(), (-3.0, 7.5));
+        // Cumulative: every interval taken so far.
+        let read = cells.read();
+        assert_eq!((read.min(), read.max()), (Some(-3.0), Some(7.5)));
+        assert_eq!((read.quantile(0.0), read.quantile(1.0)), (Some(-3.0), Some(7.5)));
     }
 }

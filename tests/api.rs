@@ -39,6 +39,9 @@ fn a_typo_or_a_repeat_is_a_json_400_naming_the_parameter() {
         ("/api/v1/query?name=x&start=20&end=10", "start"),
         ("/api/v1/query?name=x&start=yesterday", "start"),
         ("/api/v1/query?name=x&buckets=yes", "buckets"),
+        ("/api/v1/query?name=x&labels=a=1,a=2", "labels"),
+        ("/api/v1/query?name=x&start=1e300", "start"),
+        ("/api/v1/query?name=x&series=", "series"),
         ("/api/v1/series?nme=x", "nme"),
         ("/api/v1/series?kind=summary", "kind"),
         ("/api/v1/series?limit=0", "limit"),
@@ -58,6 +61,13 @@ fn a_typo_or_a_repeat_is_a_json_400_naming_the_parameter() {
         assert!(body["error"].as_str().unwrap().contains(path));
         assert!(body["endpoints"].as_array().unwrap().len() >= 4);
     }
+    // Bounded work per request: at most 32 quantiles and label filters.
+    let many: Vec<String> = (0..40).map(|i| format!("0.{i:02}1")).collect();
+    let (status, body) = get_json(&format!("{base}/api/v1/query?name=x&quantiles={}", many.join(",")));
+    assert_eq!((status, body["parameter"].as_str()), (400, Some("quantiles")), "{body}");
+    let many: Vec<String> = (0..40).map(|i| format!("k{i}=v")).collect();
+    let (status, body) = get_json(&format!("{base}/api/v1/series?labels={}", many.join(",")));
+    assert_eq!((status, body["parameter"].as_str()), (400, Some("labels")), "{body}");
     let (status, body) = get_json(&format!("{base}/api/v1/"));
     assert_eq!(status, 200);
     let paths: Vec<&str> = body["endpoints"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
@@ -166,6 +176,13 @@ fn the_series_list_is_paged_and_searched_server_side() {
     assert_eq!(found["total"], 10, "/r120../r129: {found}");
     let (_, found) = get_json(&format!("{base}/api/v1/series?labels=route=/r007"));
     assert_eq!(found["total"], 1);
+    // One exact series by its key, whatever other series share its labels.
+    let key = found["series"][0]["series"].as_str().unwrap().to_string();
+    let url = format!("{base}/api/v1/query?name=requests_total&series={}", key.replace('"', "%22").replace('{', "%7B").replace('}', "%7D"));
+    let (status, exact) = get_json(&url);
+    assert_eq!(status, 200, "{exact}");
+    assert_eq!(exact["total"], 1);
+    assert_eq!(exact["series"][0]["series"], key.as_str());
     let (_, found) = get_json(&format!("{base}/api/v1/series?kind=gauge&name=temperature"));
     assert_eq!(found["total"], 1);
     assert_eq!(found["series"][0]["rule"], "sum");

@@ -246,7 +246,13 @@ fn the_live_page_shows_the_fleet_silent_instances_and_exact_histogram_charts() {
     // A counter's chart is a rate; a gauge's names its rule.
     tab.wait_for_element("#search").unwrap().click().unwrap();
     eval(&tab, "const s = document.getElementById('search'); s.value = 'queue_depth{instance=\"b\"'; s.dispatchEvent(new Event('input')); return true");
-    wait_in_page(&tab, Duration::from_secs(5), "return document.querySelectorAll('#series-list li').length", |v| v == 1);
+    // The list shows the new search's result (not the previous one's).
+    wait_in_page(
+        &tab,
+        Duration::from_secs(5),
+        "return [...document.querySelectorAll('#series-list li')].map(li => li.dataset.series)",
+        |v| v.as_array().is_some_and(|a| a.len() == 1 && a[0].as_str().is_some_and(|s| s.starts_with("queue_depth{"))),
+    );
     eval(&tab, "document.querySelector('#series-list li').click(); return true");
     let note = wait_in_page(
         &tab,

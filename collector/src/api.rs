@@ -27,6 +27,11 @@ use std::sync::atomic::Ordering::Relaxed;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
+/// Most quantiles and label filters one request may ask for: each costs a
+/// pass per point or per series under the aggregator's lock.
+const MAX_QUANTILES: usize = 32;
+const MAX_LABEL_FILTERS: usize = 32;
+
 /// The scale heatmap buckets are coarsened to: 4 buckets per power of two
 /// (each about 19% wide). Exact: coarsening merges whole buckets.
 const HEATMAP_SCALE: i32 = 2;
@@ -34,7 +39,7 @@ const HEATMAP_SCALE: i32 = 2;
 /// Every endpoint with what it takes (served at `/api/v1/` and in 404s).
 const ENDPOINTS: [(&str, &str); 5] = [
     ("/api/v1/series", "series by name, label and text search, paged: name, match, labels=k=v,k2=v2, kind, offset, limit"),
-    ("/api/v1/query", "points of a metric's series: name (required), labels, quantiles, start, end, step (seconds), buckets=true, limit"),
+    ("/api/v1/query", "points of a metric's series: name (required), series (one exact name{labels}), labels, quantiles, start, end, step (seconds), buckets=true, limit"),
     ("/api/v1/instances", "instances reporting (and silent ones) with last seen, batches/s and series"),
     ("/api/v1/health", "the collector's own counters: ingest, rejections by reason, conservation, queue, remote-write targets"),
     ("/api/v1/", "this list"),
@@ -99,14 +104,20 @@ fn non_empty<'a>(p: &'a HashMap<String, String>, key: &str) -> Result<Option<&'a
 /// `k1=v1,k2=v2`: every key non-empty, every pair with `=`.
 fn label_filter(p: &HashMap<String, String>) -> Result<Vec<(String, String)>, ApiError> {
     let Some(text) = non_empty(p, "labels")? else { return Ok(Vec::new()) };
-    let mut labels = Vec::new();
+    let mut labels: Vec<(String, String)> = Vec::new();
     for pair in text.split(',') {
         match pair.split_once('=') {
             Some((k, _)) if k.trim().is_empty() => {
                 return Err(ApiError::bad("labels", format!("in `labels`, the filter `{pair}` has an empty label name")))
             }
+            Some((k, _)) if labels.iter().any(|(seen, _)| seen == k.trim()) => {
+                return Err(ApiError::bad("labels", format!("in `labels`, label `{}` is given more than once", k.trim())))
+            }
             Some((k, v)) => labels.push((k.trim().to_string(), v.to_string())),
             None => return Err(ApiError::bad("labels", format!("in `labels`, the filter `{pair}` is not name=value"))),
+        }
+        if labels.len() > MAX_LABEL_FILTERS {
+            return Err(ApiError::bad("labels", format!("at most {MAX_LABEL_FILTERS} label filters")));
         }
     }
     Ok(labels)
@@ -159,7 +170,13 @@ pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
 pub(crate) async fn series(State(state): State<AppState>, raw: RawParams) -> Result<Json<Value>, ApiError> {
     let p = params(raw, &["name", "match", "labels", "kind", "offset", "limit"])?;
     let labels = label_filter(&p)?;
-    let filter = SeriesFilter { name: non_empty(&p, "name")?, contains: non_empty(&p, "match")?, labels: &labels, kind: kind_filter(&p)? };
+    let filter = SeriesFilter {
+        name: non_empty(&p, "name")?,
+        contains: non_empty(&p, "match")?,
+        labels: &labels,
+        kind: kind_filter(&p)?,
+        series: None,
+    };
     let offset = number::<usize>(&p, "offset", "a whole number")?.unwrap_or(0);
     let limit = limit(&p)?;
     let agg = state.aggregator.lock();
@@ -186,20 +203,22 @@ pub(crate) async fn series(State(state): State<AppState>, raw: RawParams) -> Res
     Ok(Json(json!({ "total": page.total, "offset": offset, "limit": limit, "series": series })))
 }
 
-/// The time range and step of a query, in interval indices.
-struct Range {
-    interval: u64,
-    step: u64,
-    first: u64,
-    last: u64,
+/// The time range and step of a query as given (Unix seconds), checked
+/// before the aggregator is locked.
+struct RangeParams {
+    start: Option<u64>,
+    end: Option<u64>,
+    step: Option<u64>,
 }
 
-impl Range {
-    fn parse(p: &HashMap<String, String>, interval: u64, now: u64) -> Result<Range, ApiError> {
+impl RangeParams {
+    fn parse(p: &HashMap<String, String>) -> Result<RangeParams, ApiError> {
         let secs = |key: &str| -> Result<Option<u64>, ApiError> {
             match number::<f64>(p, key, "a Unix time in seconds")? {
-                Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(t as u64)),
-                Some(_) => Err(ApiError::bad(key, format!("`{key}` must be a Unix time in seconds, not negative"))),
+                // Past 2^53 a time is no longer exact in JSON (or in
+                // JavaScript): refused as out of range.
+                Some(t) if t.is_finite() && (0.0..=9.0e15).contains(&t) => Ok(Some(t as u64)),
+                Some(t) => Err(ApiError::bad(key, format!("`{key}={t}` is not a Unix time in seconds between 0 and 9e15"))),
                 None => Ok(None),
             }
         };
@@ -209,30 +228,57 @@ impl Range {
                 return Err(ApiError::bad("start", format!("start ({s}) is after end ({e})")));
             }
         }
-        let step = match number::<u64>(p, "step", "a whole number of seconds")? {
+        let step = number::<u64>(p, "step", "a whole number of seconds")?;
+        if step.is_some_and(|s| s > 9_000_000_000_000_000) {
+            return Err(ApiError::bad("step", "`step` is beyond 9e15 seconds"));
+        }
+        Ok(RangeParams { start, end, step })
+    }
+
+    /// In interval indices, against the collector's interval.
+    fn resolve(&self, interval: u64, now: u64) -> Result<Range, ApiError> {
+        let step = match self.step {
             None => interval,
             Some(s) if s >= interval && s % interval == 0 => s,
             Some(s) => return Err(ApiError::bad("step", format!("`step={s}` must be a positive multiple of the interval ({interval}s)"))),
         };
-        Ok(Range { interval, step, first: start.unwrap_or(0) / interval, last: end.unwrap_or(now) / interval })
+        Ok(Range { interval, step, first: self.start.unwrap_or(0) / interval, last: self.end.unwrap_or(now) / interval })
     }
+}
 
+/// The time range and step of a query, in interval indices.
+struct Range {
+    interval: u64,
+    step: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Range {
     /// The step index of interval `i`.
     fn step_of(&self, i: u64) -> u64 {
-        i * self.interval / self.step
+        i.saturating_mul(self.interval) / self.step
     }
 }
 
 /// `GET /api/v1/query`.
 pub(crate) async fn query(State(state): State<AppState>, raw: RawParams) -> Result<Json<Value>, ApiError> {
-    let p = params(raw, &["name", "labels", "quantiles", "start", "end", "step", "buckets", "limit"])?;
+    let p = params(raw, &["name", "series", "labels", "quantiles", "start", "end", "step", "buckets", "limit"])?;
     let name = non_empty(&p, "name")?.ok_or_else(|| ApiError::bad("name", "missing parameter `name` (the metric name)"))?;
+    let exact = non_empty(&p, "series")?;
     let labels = label_filter(&p)?;
-    let mut quantiles = Vec::new();
+    let mut quantiles: Vec<f64> = Vec::new();
     for q in non_empty(&p, "quantiles")?.unwrap_or("0.5,0.9,0.99,0.999").split(',') {
         match q.trim().parse::<f64>() {
-            Ok(v) if (0.0..=1.0).contains(&v) => quantiles.push(v),
+            Ok(v) if (0.0..=1.0).contains(&v) => {
+                if !quantiles.contains(&v) {
+                    quantiles.push(v);
+                }
+            }
             _ => return Err(ApiError::bad("quantiles", format!("quantile `{q}` is not a number in [0, 1]"))),
+        }
+        if quantiles.len() > MAX_QUANTILES {
+            return Err(ApiError::bad("quantiles", format!("at most {MAX_QUANTILES} quantiles")));
         }
     }
     let buckets = match p.get("buckets").map(String::as_str) {
@@ -241,30 +287,34 @@ pub(crate) async fn query(State(state): State<AppState>, raw: RawParams) -> Resu
         Some(other) => return Err(ApiError::bad("buckets", format!("`buckets={other}` is not true or false"))),
     };
     let limit = limit(&p)?;
+    let range = RangeParams::parse(&p)?;
     let now = unix_secs();
-    let (total, found, interval, rules) = {
+    let (total, found, range, rule) = {
         let agg = state.aggregator.lock();
-        let filter = SeriesFilter { name: Some(name), labels: &labels, ..Default::default() };
-        let (total, found) = agg.points_matching(&filter, now, limit);
+        let range = range.resolve(agg.config().interval_secs, now)?;
+        let filter = SeriesFilter { name: Some(name), labels: &labels, series: exact, ..Default::default() };
+        let (total, found) = agg.points_matching(&filter, range.first..=range.last, now, limit);
         let rule = crate::http::rule_name(agg.config().gauge_rule(name));
-        (total, found, agg.config().interval_secs, rule)
+        (total, found, range, rule)
     };
-    let range = Range::parse(&p, interval, now)?;
     let series: Vec<Value> = found
         .into_iter()
         .map(|(key, kind, points)| {
             let points = stepped(&range, kind, points)
                 .into_iter()
-                .map(|(step, point)| point_json(step * range.step, (step + 1) * range.step, &point, &quantiles, buckets))
+                .map(|(step, point)| {
+                    let start = step.saturating_mul(range.step);
+                    point_json(start, start.saturating_add(range.step), &point, &quantiles, buckets)
+                })
                 .collect::<Vec<_>>();
             let mut s = json!({"series": key.canonical(), "labels": labels_json(key.labels()), "kind": kind.as_str(), "points": points});
             if kind == Kind::Gauge {
-                s["rule"] = json!(rules);
+                s["rule"] = json!(rule);
             }
             s
         })
         .collect();
-    Ok(Json(json!({ "name": name, "interval_secs": interval, "step_secs": range.step, "total": total, "series": series })))
+    Ok(Json(json!({ "name": name, "interval_secs": range.interval, "step_secs": range.step, "total": total, "series": series })))
 }
 
 /// The points of one series within the range, merged per step: counters

@@ -67,6 +67,8 @@ pub struct SeriesFilter<'a> {
     pub labels: &'a [(String, String)],
     /// Only this kind.
     pub kind: Option<Kind>,
+    /// Exactly this series (its canonical key).
+    pub series: Option<&'a str>,
 }
 
 impl SeriesFilter<'_> {
@@ -74,6 +76,7 @@ impl SeriesFilter<'_> {
         self.name.is_none_or(|n| key.name() == n)
             && self.kind.is_none_or(|k| k == kind)
             && self.labels.iter().all(|l| key.labels().contains(l))
+            && self.series.is_none_or(|c| key.canonical() == c)
             && self.contains.is_none_or(|c| key.canonical().contains(c))
     }
 }
@@ -111,7 +114,7 @@ impl Aggregator {
             self.series.values().filter(|s| filter.keeps(&s.key, s.kind)).map(|s| (&s.key, s.kind)).collect();
         let total = matched.len();
         let end = offset.saturating_add(limit).min(total);
-        if offset >= total {
+        if offset >= total || limit == 0 {
             return SeriesPage { total, series: Vec::new() };
         }
         // Only the page has to be in order: select it, then sort it.
@@ -128,10 +131,17 @@ impl Aggregator {
         SeriesPage { total, series: page.into_iter().map(|(k, kind)| (k.clone(), kind)).collect() }
     }
 
-    /// Points of the series matching `filter` (all of it by name), sorted
-    /// by key; a gauge also gets its live value as the point of the
-    /// interval now open. At most `limit` series.
-    pub fn points_matching(&self, filter: &SeriesFilter, now: u64, limit: usize) -> (usize, Vec<SeriesPoints>) {
+    /// Points of the series matching `filter`, sorted by key, only those of
+    /// intervals within `intervals` (indices, inclusive); a gauge also gets
+    /// its live value as the point of the interval now open. At most
+    /// `limit` series.
+    pub fn points_matching(
+        &self,
+        filter: &SeriesFilter,
+        intervals: std::ops::RangeInclusive<u64>,
+        now: u64,
+        limit: usize,
+    ) -> (usize, Vec<SeriesPoints>) {
         let page = self.series_page(filter, 0, limit);
         let open = now / self.config.interval_secs;
         let live = if page.series.iter().any(|(_, k)| *k == Kind::Gauge) { Some(self.gauge_values(now)) } else { None };
@@ -140,8 +150,8 @@ impl Aggregator {
             .into_iter()
             .filter_map(|(key, kind)| {
                 let s = self.series.get(&key)?;
-                let mut points: Vec<(u64, Point)> = s.points.iter().cloned().collect();
-                if let Some(values) = live.as_ref().and_then(|l| l.get(&key)) {
+                let mut points: Vec<(u64, Point)> = s.points.iter().filter(|(i, _)| intervals.contains(i)).cloned().collect();
+                if let Some(values) = live.as_ref().and_then(|l| l.get(&key)).filter(|_| intervals.contains(&open)) {
                     let value = self.config.gauge_rule(key.name()).apply(values);
                     match points.last_mut() {
                         Some((i, p)) if *i == open => *p = Point::Gauge(value),

@@ -12,7 +12,21 @@ const SVG = "http://www.w3.org/2000/svg";
 // A token given as #token=... goes to the API as a bearer token.
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
 
-const state = { search: "", offset: 0, selected: null, lastHealth: null, busy: false };
+const state = { search: "", offset: 0, selected: null, lastHealth: null, busy: false, chartGeneration: 0 };
+
+// Smallest and largest finite values (a loop: spreading tens of thousands of
+// arguments into Math.min throws in some engines). null when none.
+function extent(values) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of values) {
+    if (typeof v === "number" && Number.isFinite(v)) {
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+  }
+  return lo === Infinity ? null : [lo, hi];
+}
 
 async function api(path, params) {
   const query = params ? "?" + new URLSearchParams(params).toString() : "";
@@ -131,6 +145,10 @@ function searchParams() {
 }
 
 function drawSeriesList(page) {
+  if (page.total > 0 && page.offset >= page.total) {
+    // The list shrank under the current page: go to its last page.
+    state.offset = Math.floor((page.total - 1) / PAGE_SIZE) * PAGE_SIZE;
+  }
   const list = document.getElementById("series-list");
   list.replaceChildren(...page.series.map((s) => {
     const item = el("li", { "data-series": s.series, class: state.selected && state.selected.series === s.series ? "selected" : "" },
@@ -233,9 +251,10 @@ function legend(root, entries) {
 function drawScalar(series, step, kind) {
   const points = series.points;
   const value = kind === "counter" ? (p) => p.value / step : (p) => p.value;
-  const values = points.map(value).filter((v) => v !== null);
-  const lo = kind === "counter" ? 0 : Math.min(...values);
-  const { root, y } = frame(series.series, lo, Math.max(...values), points);
+  const range = extent(points.map(value));
+  if (!range) return null;
+  const lo = kind === "counter" ? Math.min(0, range[0]) : range[0];
+  const { root, y } = frame(series.series, lo, range[1], points);
   const x = scaleX(points, step);
   drawGaps(root, points, step, x);
   line(root, points, value, x, y, { stroke: "#2f6fdf", path: { stroke: "#2f6fdf", class: "series-line" } });
@@ -246,8 +265,10 @@ function drawScalar(series, step, kind) {
 function drawQuantiles(series, step) {
   const points = series.points.filter((p) => p.count > 0);
   const values = [];
-  for (const p of points) for (const q of QUANTILES) if (p.quantiles[q] !== null) values.push(p.quantiles[q]);
-  const { root, y } = frame(series.series, Math.min(0, ...values), Math.max(...values), points);
+  for (const p of points) for (const q of QUANTILES) values.push(p.quantiles[q]);
+  const range = extent(values);
+  if (!range) return null;
+  const { root, y } = frame(series.series, Math.min(0, range[0]), range[1], points);
   const x = scaleX(points, step);
   drawGaps(root, points, step, x);
   for (const q of QUANTILES) {
@@ -265,16 +286,19 @@ function drawHeatmap(series, step) {
   const points = series.points.filter((p) => p.count > 0 && p.buckets && p.buckets.length);
   const bounds = [];
   for (const p of points) for (const [lo, hi] of p.buckets) bounds.push(lo, hi);
-  const positive = bounds.filter((b) => b > 0);
-  const logScale = bounds.every((b) => b >= 0) && positive.length > 0;
-  const floor = logScale ? Math.min(...positive) : Math.min(...bounds);
-  const ceil = Math.max(...bounds);
+  const all = extent(bounds);
+  if (!all) return null;
+  const positive = extent(bounds.filter((b) => b > 0));
+  const logScale = all[0] >= 0 && positive !== null;
+  const floor = logScale ? positive[0] : all[0];
+  const ceil = all[1];
   const t = (v) => (logScale ? Math.log(Math.max(v, floor)) : v);
   const { root } = frame(series.series + " buckets", 0, 1, points);
   root.querySelectorAll("text").forEach((n, i) => { if (i < 3) n.remove(); });
   const yOf = (v) => H - PAD.bottom - ((t(v) - t(floor)) / ((t(ceil) - t(floor)) || 1)) * (H - PAD.top - PAD.bottom);
   const x = scaleX(points, step);
-  const max = Math.max(...points.flatMap((p) => p.buckets.map((b) => b[2])));
+  let max = 1;
+  for (const p of points) for (const b of p.buckets) if (b[2] > max) max = b[2];
   for (const p of points) {
     for (const [lo, hi, n] of p.buckets) {
       const top = yOf(hi);
@@ -282,7 +306,7 @@ function drawHeatmap(series, step) {
         height: Math.max(1, yOf(lo) - top), fill: "#b3261e", "fill-opacity": (0.12 + 0.88 * Math.log1p(n) / Math.log1p(max)).toFixed(3),
         "data-start": p.start, "data-lower": lo, "data-upper": hi, "data-count": n });
       const title = svg("title");
-      title.textContent = "[" + fmt(lo) + ", " + fmt(hi) + "): " + n;
+      title.textContent = "(" + fmt(lo) + ", " + fmt(hi) + "]: " + n;
       cell.append(title);
       root.append(cell);
     }
@@ -298,10 +322,10 @@ function drawHeatmap(series, step) {
 async function refreshChart() {
   const s = state.selected;
   if (!s) return;
-  const params = { name: s.name, buckets: "true", quantiles: QUANTILES.join(","), limit: 1000 };
-  const labels = Object.entries(s.labels).map(([k, v]) => k + "=" + v).join(",");
-  if (labels) params.labels = labels;
+  const generation = ++state.chartGeneration;
+  const params = { name: s.name, series: s.series, buckets: "true", quantiles: QUANTILES.join(","), limit: 1 };
   const data = await api("query", params);
+  if (generation !== state.chartGeneration) return; // a newer selection drew already
   const series = data.series.find((x) => x.series === s.series);
   const chart = document.getElementById("chart");
   const heatmap = document.getElementById("heatmap");
@@ -318,15 +342,14 @@ async function refreshChart() {
   document.getElementById("chart-note").textContent = note;
   chart.dataset.series = series.series;
   chart.dataset.kind = series.kind;
-  if (series.kind === "histogram") {
-    const shown = series.points.filter((p) => p.count > 0);
-    if (shown.length === 0) { chart.replaceChildren(); heatmap.replaceChildren(); return; }
-    chart.replaceChildren(drawQuantiles(series, data.step_secs));
-    heatmap.replaceChildren(drawHeatmap(series, data.step_secs));
-  } else {
-    chart.replaceChildren(drawScalar(series, data.step_secs, series.kind));
-    heatmap.replaceChildren();
+  const drawn = series.kind === "histogram"
+    ? [drawQuantiles(series, data.step_secs), drawHeatmap(series, data.step_secs)]
+    : [drawScalar(series, data.step_secs, series.kind), null];
+  if (!drawn[0]) {
+    document.getElementById("chart-note").textContent = "no finite values in the retained intervals";
   }
+  chart.replaceChildren(...(drawn[0] ? [drawn[0]] : []));
+  heatmap.replaceChildren(...(drawn[1] ? [drawn[1]] : []));
 }
 
 // ---- refresh loop ---------------------------------------------------------
@@ -338,8 +361,14 @@ function showError(e) {
 }
 
 async function refresh() {
-  if (state.busy) return;
+  if (state.busy) {
+    // A search or page change while a refresh is in flight: run again
+    // right after it, so the new list is never a second late.
+    state.again = true;
+    return;
+  }
   state.busy = true;
+  state.again = false;
   try {
     const [fleet, health, page] = await Promise.all([api("instances"), api("health"), api("series", searchParams())]);
     drawFleet(fleet);
@@ -354,6 +383,7 @@ async function refresh() {
     showError(e);
   } finally {
     state.busy = false;
+    if (state.again) refresh();
   }
 }
 

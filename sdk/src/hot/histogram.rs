@@ -127,6 +127,11 @@ impl HistogramCells {
     /// (nothing recorded). Hot path: see [`crate::hot`].
     #[inline(always)]
     pub fn record(&self, value: f64, n: u64) -> Result<(), Rejection> {
+        // Zero samples record nothing, extremes included (`record_many(v,
+        // 0)`); with the usual constant `n = 1` this folds away.
+        if n == 0 {
+            return Ok(());
+        }
         let slot = slot::current();
         let owned = slot.is_owned();
         let stripe = &self.stripes[slot.index()];
@@ -332,5 +337,8 @@ mod tests {
         let read = cells.read();
         assert_eq!((read.min(), read.max()), (Some(-3.0), Some(7.5)));
         assert_eq!((read.quantile(0.0), read.quantile(1.0)), (Some(-3.0), Some(7.5)));
+        // No samples, no extreme.
+        cells.record(-50.0, 0).unwrap();
+        assert_eq!(cells.take_extremes(), (f64::INFINITY, f64::NEG_INFINITY));
     }
 }

@@ -6,6 +6,10 @@
 //! (what its scrape costs). Only the take + encode (shoal) and the encode
 //! (peer) are timed, not the recording between them.
 //!
+//! Also: what a recording thread loses while another thread takes and
+//! encodes those 100 k series over and over (ns per record of a counter
+//! and a histogram sample into series of the take, alone vs beside it).
+//!
 //! Run: `cargo bench --bench flush_encode`. Criterion prints elements/s;
 //! one element is one series. The bytes of one flush and of one text scrape
 //! are printed before the timings.
@@ -136,6 +140,34 @@ fn bench(c: &mut Criterion) {
             black_box(text.len())
         })
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("recording_beside_a_take");
+    g.throughput(Throughput::Elements(1));
+    let record_one = |i: &mut usize| {
+        *i = (*i + 1) % HISTOGRAMS;
+        counters[*i].increment(1);
+        histograms[*i].record(values[*i][*i % SAMPLES_PER_HISTOGRAM]);
+    };
+    let mut i = 0;
+    g.bench_function("alone", |b| b.iter(|| record_one(&mut i)));
+    let taking = std::sync::atomic::AtomicBool::new(true);
+    let takes = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while taking.load(std::sync::atomic::Ordering::Relaxed) {
+                black_box(flush(&shoal, &mut refs, &identity, &mut sequence));
+                takes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        // The first take has started before anything is timed.
+        while takes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            record_one(&mut i);
+        }
+        g.bench_function("while_another_thread_takes_100k_series", |b| b.iter(|| record_one(&mut i)));
+        taking.store(false, std::sync::atomic::Ordering::Relaxed);
+    });
+    println!("takes of 100 k series beside the recording: {}", takes.load(std::sync::atomic::Ordering::Relaxed));
     g.finish();
 }
 

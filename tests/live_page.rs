@@ -84,6 +84,28 @@ fn wait_in_page(tab: &Tab, timeout: Duration, expression: &str, done: impl Fn(&V
     }
 }
 
+/// The page of `base` in a headless chromium.
+struct Page {
+    _browser: Browser,
+    tab: Arc<Tab>,
+    /// Console errors, uncaught exceptions and failed loads so far.
+    errors: Arc<Mutex<Vec<String>>>,
+    /// `after_refresh` (a JS expression) once the first refresh had drawn.
+    first: Value,
+    /// From navigation to that first drawing.
+    first_drawn_in: Duration,
+}
+
+fn open_page(base: &str, timeout: Duration, after_refresh: &str) -> Page {
+    let browser = browser();
+    let tab = browser.new_tab().unwrap();
+    let errors = watch_errors(&tab);
+    let started = Instant::now();
+    tab.navigate_to(&format!("{base}/")).unwrap().wait_until_navigated().unwrap();
+    let first = wait_in_page(&tab, timeout, &format!("return document.body.dataset.refreshed ? {after_refresh} : null"), |v| !v.is_null());
+    Page { _browser: browser, tab, errors, first, first_drawn_in: started.elapsed() }
+}
+
 fn screenshots_dir() -> PathBuf {
     // target/<profile>/deps/live_page-<hash> -> target/live-page
     let exe = std::env::current_exe().unwrap();
@@ -111,18 +133,9 @@ fn sdk(collector: &shoal_collector::Collector, service: &str, instance: &str) ->
 fn the_live_page_shows_the_fleet_silent_instances_and_exact_histogram_charts() {
     let collector = start_collector(None, |c| c.interval_secs = INTERVAL_SECS);
     let base = format!("http://{}", collector.http_addr());
-    let browser = browser();
-    let tab = browser.new_tab().unwrap();
-    let errors = watch_errors(&tab);
-    tab.navigate_to(&format!("{base}/")).unwrap().wait_until_navigated().unwrap();
-
     // Nothing yet: the page says so, with the snippet to start.
-    let empty = wait_in_page(
-        &tab,
-        Duration::from_secs(10),
-        "return document.body.dataset.refreshed ? !document.getElementById('empty').hidden : null",
-        |v| !v.is_null(),
-    );
+    let page = open_page(&base, Duration::from_secs(10), "!document.getElementById('empty').hidden");
+    let (tab, errors, empty) = (page.tab.clone(), page.errors.clone(), page.first.clone());
     assert_eq!(empty, true, "the empty state shows before anything reports");
     let text = eval(&tab, "return document.getElementById('empty').innerText");
     assert!(text.as_str().unwrap().contains("Nothing has reported yet") && text.as_str().unwrap().contains("Shoal::builder()"));
@@ -298,18 +311,8 @@ fn with_100k_series_the_page_pages_and_searches_on_the_server() {
     });
     assert!(series.is_some(), "100k series reached the collector");
 
-    let browser = browser();
-    let tab = browser.new_tab().unwrap();
-    let errors = watch_errors(&tab);
-    let started = Instant::now();
-    tab.navigate_to(&format!("{base}/")).unwrap().wait_until_navigated().unwrap();
-    let count = wait_in_page(
-        &tab,
-        Duration::from_secs(30),
-        "return document.body.dataset.refreshed ? document.getElementById('series-count').innerText : null",
-        |v| !v.is_null(),
-    );
-    let overview = started.elapsed();
+    let page = open_page(&base, Duration::from_secs(30), "document.getElementById('series-count').innerText");
+    let (tab, errors, count, overview) = (page.tab.clone(), page.errors.clone(), page.first.clone(), page.first_drawn_in);
     assert!(count.as_str().unwrap().contains("of 100"), "paged: {count}");
     assert_eq!(eval(&tab, "return document.querySelectorAll('#series-list li').length"), 50, "one page in the DOM, not 100k rows");
 

@@ -492,25 +492,23 @@ fn a_token_removed_by_sighup_is_refused_and_its_data_waits_until_it_is_back() {
 fn remote_write_reaches_an_https_target_trusting_a_private_ca() {
     let dir = TempDir::new("tls-remote-write");
     let pki = Pki::generate(&dir.0);
-    let addr = free_addr();
-    let child = std::process::Command::new(common::find_binary("victoria-metrics"))
-        .args([
-            format!("-httpListenAddr={addr}"),
-            format!("-storageDataPath={}", dir.0.join("vm").display()),
-            "-search.latencyOffset=1s".into(),
-            "-tls".into(),
-            format!("-tlsCertFile={}", pki.server_cert.display()),
-            format!("-tlsKeyFile={}", pki.server_key.display()),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.0.join("vm.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let _vm = Daemon(child);
     let a = agent(&pki.ca);
-    let base = format!("https://localhost:{}", addr.port());
-    let up = wait_for(Duration::from_secs(30), || a.get(&format!("{base}/health")).call().ok().filter(|r| r.status() == 200).map(|_| ()));
-    assert!(up.is_some(), "VictoriaMetrics did not start: {}", std::fs::read_to_string(dir.0.join("vm.log")).unwrap_or_default());
+    let vm = common::ServerProcess::start_checked(
+        "victoria-metrics",
+        |data, addr| {
+            vec![
+                format!("-httpListenAddr={addr}"),
+                format!("-storageDataPath={}", data.join("data").display()),
+                "-search.latencyOffset=1s".into(),
+                "-tls".into(),
+                format!("-tlsCertFile={}", pki.server_cert.display()),
+                format!("-tlsKeyFile={}", pki.server_key.display()),
+            ]
+        },
+        "https",
+        |base| a.get(&format!("{base}/health")).call().is_ok_and(|r| r.status() == 200),
+    );
+    let base = vm.base.clone();
 
     let collector = start_collector(None, |c| {
         c.interval_secs = 1;

@@ -62,7 +62,7 @@ pub fn free_addr() -> SocketAddr {
 pub struct ServerProcess {
     child: Child,
     watchdog: Option<Child>,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https` with [`ServerProcess::start_checked`]).
     pub base: String,
     log: PathBuf,
     dir: TempDir,
@@ -85,11 +85,22 @@ impl ServerProcess {
     /// 60 s) until `GET ready_path` answers. The free port can be taken
     /// between the probe and the server's bind: that is retried.
     pub fn start(binary: &str, args: impl Fn(&Path, SocketAddr) -> Vec<String>, ready_path: &str) -> ServerProcess {
+        ServerProcess::start_checked(binary, args, "http", |base| ureq::get(format!("{base}{ready_path}")).call().is_ok())
+    }
+
+    /// [`ServerProcess::start`] for a server on `scheme` (`https` for one
+    /// started with TLS), ready once `ready(base)` says so.
+    pub fn start_checked(
+        binary: &str,
+        args: impl Fn(&Path, SocketAddr) -> Vec<String>,
+        scheme: &str,
+        ready: impl Fn(&str) -> bool,
+    ) -> ServerProcess {
         let path = find_binary(binary);
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match ServerProcess::try_start(&path, &args, ready_path) {
+            match ServerProcess::try_start(&path, &args, scheme, &ready) {
                 Ok(server) => return server,
                 Err(log) if attempts < 3 && log.contains("address already in use") => continue,
                 Err(log) => panic!("{binary}: {log}"),
@@ -97,7 +108,12 @@ impl ServerProcess {
         }
     }
 
-    fn try_start(path: &Path, args: &impl Fn(&Path, SocketAddr) -> Vec<String>, ready_path: &str) -> Result<ServerProcess, String> {
+    fn try_start(
+        path: &Path,
+        args: &impl Fn(&Path, SocketAddr) -> Vec<String>,
+        scheme: &str,
+        ready: &impl Fn(&str) -> bool,
+    ) -> Result<ServerProcess, String> {
         let name = path.file_name().map_or_else(|| "server".into(), |n| n.to_string_lossy().into_owned());
         let dir = TempDir::new(&name);
         let addr = free_addr();
@@ -123,13 +139,13 @@ impl ServerProcess {
             .stderr(Stdio::null())
             .spawn()
             .ok();
-        let mut server = ServerProcess { child, watchdog, base: format!("http://{addr}"), log, dir };
+        let mut server = ServerProcess { child, watchdog, base: format!("{scheme}://{addr}"), log, dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
                 return Err(format!("exited during startup ({status}); log:\n{}", server.logs()));
             }
-            if ureq::get(format!("{}{ready_path}", server.base)).call().is_ok() {
+            if ready(&server.base) {
                 return Ok(server);
             }
             if Instant::now() >= deadline {

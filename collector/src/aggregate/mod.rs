@@ -45,7 +45,7 @@ use crate::stats::Stats;
 use crate::validate::{self, Description, ValidBatch, Value};
 use shoal_core::{Blocklist, SeriesKey, Sketch};
 use shoal_proto as pb;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -540,28 +540,6 @@ impl Aggregator {
         views.sort_by(|a, b| a.key.canonical().cmp(b.key.canonical()));
         views
     }
-
-    /// Points of the series matching `name` and `labels` (all given labels
-    /// must match), between interval indices.
-    pub fn points(&self, name: &str, labels: &[(String, String)]) -> Vec<SeriesPoints> {
-        let mut out: Vec<_> = self
-            .series
-            .values()
-            .filter(|s| s.key.name() == name && labels.iter().all(|l| s.key.labels().contains(l)))
-            .map(|s| (s.key.clone(), s.kind, s.points.iter().cloned().collect()))
-            .collect();
-        out.sort_by(|a, b| a.0.canonical().cmp(b.0.canonical()));
-        out
-    }
-
-    /// Series keys and kinds, optionally filtered by name.
-    pub fn series_list(&self, name: Option<&str>) -> BTreeMap<String, (Arc<SeriesKey>, Kind)> {
-        self.series
-            .values()
-            .filter(|s| name.is_none_or(|n| s.key.name() == n))
-            .map(|s| (s.key.canonical().to_string(), (s.key.clone(), s.kind)))
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -614,13 +592,16 @@ mod tests {
         let d = def(1, "depth", &[]);
         a.apply(&gauge("x", 1, vec![d.clone()], 2.0), 1000).unwrap();
         a.apply(&gauge("y", 1, vec![d], 3.0), 1000).unwrap();
-        a.maintain(1010); // closes interval 100: sum over x and y
+        // Closes interval 100: sum over x and y.
+        a.maintain(1010);
         a.apply(&gauge("x", 2, vec![], 5.0), 1015).unwrap();
-        a.maintain(1020); // interval 101
-                          // Both silent past the staleness (3 intervals): no point, a gap.
+        // Closes interval 101.
+        a.maintain(1020);
+        // Both silent past the staleness (3 intervals): no point, a gap.
         a.maintain(1080);
         let points = |a: &Aggregator| -> Vec<(u64, f64)> {
-            a.points("depth", &[])[0]
+            let depth = SeriesFilter { name: Some("depth"), ..Default::default() };
+            a.points_matching(&depth, 0..=u64::MAX, 1080, 1).1[0]
                 .2
                 .iter()
                 .map(|(i, p)| match p {

@@ -61,6 +61,12 @@ fn shoal_single_thread(c: &mut Criterion) {
     g.bench_function("gauge_set", |b| b.iter(|| gauge.set(black_box(1.5))));
     with_local_recorder(&shoal, || {
         g.bench_function("counter_macro", |b| b.iter(|| metrics::counter!("x", "method" => "GET").increment(black_box(1))));
+        g.bench_function("histogram_macro", |b| {
+            b.iter(|| {
+                i = (i + 1) & 1023;
+                metrics::histogram!("hm", "route" => "/a").record(black_box(vals[i]));
+            })
+        });
     });
     g.finish();
 }
@@ -71,9 +77,16 @@ fn shoal_single_thread(c: &mut Criterion) {
 /// `Arc`), measured in the same run as shoal's and the peers' macro paths.
 struct StubRecorder {
     counter: Option<std::sync::Arc<NoopCounter>>,
+    histogram: Option<std::sync::Arc<NoopCounter>>,
 }
 
 struct NoopCounter;
+
+impl metrics::HistogramFn for NoopCounter {
+    fn record(&self, value: f64) {
+        black_box(value);
+    }
+}
 
 impl metrics::CounterFn for NoopCounter {
     fn increment(&self, value: u64) {
@@ -98,23 +111,41 @@ impl metrics::Recorder for StubRecorder {
     fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
         metrics::Gauge::noop()
     }
-    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
-        metrics::Histogram::noop()
+    fn register_histogram(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        black_box(key);
+        match &self.histogram {
+            Some(h) => metrics::Histogram::from_arc(h.clone()),
+            None => metrics::Histogram::noop(),
+        }
     }
 }
 
 fn facade_floor(c: &mut Criterion) {
     let mut g = c.benchmark_group("facade_floor");
     // Key built and dispatched, a no-op counter handed back (no Arc).
-    let noop = StubRecorder { counter: None };
+    let vals = values();
+    let mut i = 0usize;
+    let noop = StubRecorder { counter: None, histogram: None };
     with_local_recorder(&noop, || {
         g.bench_function("counter_macro_noop", |b| b.iter(|| metrics::counter!("x", "method" => "GET").increment(black_box(1))));
+        g.bench_function("histogram_macro_noop", |b| {
+            b.iter(|| {
+                i = (i + 1) & 1023;
+                metrics::histogram!("hm", "route" => "/a").record(black_box(vals[i]));
+            })
+        });
     });
     // The same, handing back one shared counter (an Arc clone and drop, as
     // every recorder that returns a real handle pays).
-    let shared = StubRecorder { counter: Some(std::sync::Arc::new(NoopCounter)) };
+    let shared = StubRecorder { counter: Some(std::sync::Arc::new(NoopCounter)), histogram: Some(std::sync::Arc::new(NoopCounter)) };
     with_local_recorder(&shared, || {
         g.bench_function("counter_macro_arc", |b| b.iter(|| metrics::counter!("x", "method" => "GET").increment(black_box(1))));
+        g.bench_function("histogram_macro_arc", |b| {
+            b.iter(|| {
+                i = (i + 1) & 1023;
+                metrics::histogram!("hm", "route" => "/a").record(black_box(vals[i]));
+            })
+        });
     });
     g.finish();
 }
@@ -138,9 +169,18 @@ fn peers(c: &mut Criterion) {
     with_local_recorder(&recorder, || {
         g.bench_function("counter_macro", |b| b.iter(|| metrics::counter!("x", "method" => "GET").increment(black_box(1))));
     });
-    // Its histograms keep raw samples until rendered: drain them now and then
-    // so memory stays flat during the bench.
+    // Its histograms keep raw samples until rendered: drain them between
+    // groups so memory stays bounded.
     let handle = recorder.handle();
+    handle.run_upkeep();
+    with_local_recorder(&recorder, || {
+        g.bench_function("histogram_macro", |b| {
+            b.iter(|| {
+                i = (i + 1) & 1023;
+                metrics::histogram!("hm", "route" => "/a").record(black_box(vals[i]));
+            })
+        });
+    });
     handle.run_upkeep();
     g.finish();
 

@@ -20,9 +20,11 @@ rows = [
     ("baseline", "quanta_now"), ("baseline", "std_instant_now"),
     ("shoal", "counter_handle"), ("shoal", "counter_facade_handle"),
     ("shoal", "histogram_record"), ("shoal", "histogram_facade_record"),
-    ("shoal", "gauge_set"), ("shoal", "counter_macro"),
+    ("shoal", "gauge_set"), ("shoal", "counter_macro"), ("shoal", "histogram_macro"),
+    ("facade_floor", "counter_macro_noop"), ("facade_floor", "counter_macro_arc"),
+    ("facade_floor", "histogram_macro_noop"), ("facade_floor", "histogram_macro_arc"),
     ("metrics_exporter_prometheus", "counter_handle"), ("metrics_exporter_prometheus", "histogram_record"),
-    ("metrics_exporter_prometheus", "counter_macro"),
+    ("metrics_exporter_prometheus", "counter_macro"), ("metrics_exporter_prometheus", "histogram_macro"),
     ("prometheus", "counter_handle"), ("prometheus", "histogram_record"), ("prometheus", "counter_with_label_values"),
     ("prometheus_client", "counter_handle"), ("prometheus_client", "histogram_record"),
     ("two_threads_one_series", "atomic_fetch_add"), ("two_threads_one_series", "shoal_counter"),
@@ -47,4 +49,7 @@ ratio("counter handle / fetch_add (1 thread)", ("shoal", "counter_facade_handle"
 ratio("histogram record / hdrhistogram record", ("shoal", "histogram_facade_record"), ("baseline", "hdrhistogram_record"), "<= 1.0")
 ratio("2 threads one series / 1 thread (counter)", ("two_threads_one_series", "shoal_counter"), ("one_thread_same_harness", "shoal_counter"), "<= 1.2")
 ratio("2 threads one series / 1 thread (histogram)", ("two_threads_one_series", "shoal_histogram"), ("one_thread_same_harness", "shoal_histogram"), "<= 1.2")
-ratio("macro path / metrics-exporter-prometheus macro path", ("shoal", "counter_macro"), ("metrics_exporter_prometheus", "counter_macro"), "<= 0.25")
+ratio("counter! path / metrics-exporter-prometheus counter! path", ("shoal", "counter_macro"), ("metrics_exporter_prometheus", "counter_macro"), "<= 0.25")
+ratio("histogram! path / metrics-exporter-prometheus histogram! path", ("shoal", "histogram_macro"), ("metrics_exporter_prometheus", "histogram_macro"), "<= 0.25")
+ratio("floor: counter! with a stub returning a shared Arc / mep", ("facade_floor", "counter_macro_arc"), ("metrics_exporter_prometheus", "counter_macro"), "(what no recorder can beat)")
+ratio("floor: histogram! with a stub returning a shared Arc / mep", ("facade_floor", "histogram_macro_arc"), ("metrics_exporter_prometheus", "histogram_macro"), "(what no recorder can beat)")

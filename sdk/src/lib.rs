@@ -53,6 +53,7 @@ mod handles;
 mod hot;
 mod inner;
 pub mod instrument;
+mod key_cache;
 mod registry;
 mod render;
 mod shoal;

@@ -4,20 +4,19 @@
 //! Registration is off the hot path: handles are resolved once and then
 //! recorded through directly. The `metrics` macros resolve on every call, so
 //! the lookup is made cheap: first a per-thread cache keyed by the facade's
-//! own `Key` (whose hash is precomputed, often at compile time) — no lock,
-//! no shared write but the `Arc` clone; then a read-locked shared map; only a
+//! own `Key` (whose hash is precomputed, often at compile time; see
+//! [`crate::key_cache`]) — no lock, no shared write but the `Arc` clone; then a read-locked shared map; only a
 //! miss canonicalises the labels and takes the write path.
 
 use crate::hot::counter::{CounterArena, CounterCells};
 use crate::hot::gauge::GaugeCell;
 use crate::hot::histogram::HistogramCells;
+use crate::key_cache::{self, cached_kind, Cached};
 use parking_lot::{Mutex, RwLock};
 use shoal_core::sketch::{Rejection, Sketch};
 use shoal_core::Kind;
 use shoal_core::SeriesKey;
 use shoal_proto::limits::{check_series, truncate, SeriesFault};
-use std::any::Any;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -46,19 +45,6 @@ impl Hasher for PrehashedKey {
     }
 }
 
-/// Entries a thread's resolution cache holds before it is cleared (bounds
-/// memory when a thread touches many series or many `Shoal`s come and go).
-const THREAD_CACHE_LIMIT: usize = 4096;
-
-/// Family id -> (facade key -> series). Both levels hash with the identity
-/// of a precomputed u64 (the id, the key's own hash): no hashing per lookup.
-type ThreadCache = HashMap<u64, FastMap<Arc<dyn Any + Send + Sync>>, BuildHasherDefault<PrehashedKey>>;
-
-thread_local! {
-    /// (family id, facade key) -> series, for keys with a series of their own.
-    static RESOLVED: RefCell<ThreadCache> = RefCell::new(ThreadCache::default());
-}
-
 static NEXT_FAMILY_ID: AtomicU64 = AtomicU64::new(1);
 
 type FastMap<V> = HashMap<metrics::Key, V, BuildHasherDefault<PrehashedKey>>;
@@ -67,6 +53,10 @@ type FastMap<V> = HashMap<metrics::Key, V, BuildHasherDefault<PrehashedKey>>;
 pub(crate) fn key_from_metrics(key: &metrics::Key) -> SeriesKey {
     SeriesKey::new(key.name(), key.labels().map(|l| (l.key(), l.value())))
 }
+
+cached_kind!(CounterSeries);
+cached_kind!(GaugeSeries);
+cached_kind!(HistogramSeries);
 
 /// A counter series.
 pub struct CounterSeries {
@@ -262,8 +252,10 @@ pub(crate) enum Resolved<S> {
     Refused(Arc<S>),
 }
 
-impl<S: Send + Sync + 'static> Family<S> {
+impl<S: Cached> Family<S> {
     /// Resolves a facade key. `make` builds a new series for a canonical key.
+    /// The thread's cache is looked up inline; the rest is out of line.
+    #[inline(always)]
     pub(crate) fn resolve(
         &self,
         key: &metrics::Key,
@@ -271,17 +263,17 @@ impl<S: Send + Sync + 'static> Family<S> {
         stats: &SelfStats,
         make: impl FnMut(SeriesKey, bool) -> S,
     ) -> Resolved<S> {
-        let cached = RESOLVED.try_with(|cache| {
-            let cache = cache.try_borrow().ok()?;
-            let entry = cache.get(&self.id)?.get(key)?;
-            entry.clone().downcast::<S>().ok()
-        });
-        if let Ok(Some(s)) = cached {
-            return Resolved::Own(s);
+        match key_cache::get::<S>(self.id, key) {
+            Some(s) => Resolved::Own(s),
+            None => self.resolve_uncached(key, limit, stats, make),
         }
+    }
+
+    #[inline(never)]
+    fn resolve_uncached(&self, key: &metrics::Key, limit: usize, stats: &SelfStats, make: impl FnMut(SeriesKey, bool) -> S) -> Resolved<S> {
         let shared = self.fast.read().get(key).cloned();
         if let Some(s) = shared {
-            self.cache_in_thread(key, &s);
+            key_cache::insert(self.id, key, &s);
             return Resolved::Own(s);
         }
         let resolved = self.resolve_key(key_from_metrics(key), limit, stats, make);
@@ -289,20 +281,9 @@ impl<S: Send + Sync + 'static> Family<S> {
             // Only keys with their own series are cached, so hostile label
             // values past the limit never grow this map.
             self.fast.write().insert(key.clone(), s.clone());
-            self.cache_in_thread(key, s);
+            key_cache::insert(self.id, key, s);
         }
         resolved
-    }
-
-    fn cache_in_thread(&self, key: &metrics::Key, series: &Arc<S>) {
-        let _ = RESOLVED.try_with(|cache| {
-            if let Ok(mut cache) = cache.try_borrow_mut() {
-                if cache.values().map(|m| m.len()).sum::<usize>() >= THREAD_CACHE_LIMIT {
-                    cache.clear();
-                }
-                cache.entry(self.id).or_default().insert(key.clone(), series.clone() as Arc<dyn Any + Send + Sync>);
-            }
-        });
     }
 }
 

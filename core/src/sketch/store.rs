@@ -321,6 +321,38 @@ mod tests {
         assert!(a.checked_sub(&ab).is_none());
     }
 
+    proptest::proptest! {
+        /// `checked_sub` is bucket-wise subtraction, `None` exactly when some
+        /// bucket of the subtrahend exceeds the minuend, and its result is
+        /// what `add` alone would build.
+        #[test]
+        fn checked_sub_is_bucketwise(
+            later in proptest::collection::vec((-40i32..40, 0u64..70_000), 0..60),
+            earlier in proptest::collection::vec((-45i32..45, 0u64..300), 0..30),
+        ) {
+            let mut a = BucketStore::default();
+            for &(i, n) in &later {
+                a.add(i, n);
+            }
+            let mut b = BucketStore::default();
+            for &(i, n) in &earlier {
+                b.add(i, n);
+            }
+            let fits = b.iter().all(|(i, c)| a.get(i) >= c);
+            match a.checked_sub(&b) {
+                None => proptest::prop_assert!(!fits),
+                Some(d) => {
+                    proptest::prop_assert!(fits);
+                    let mut expected = BucketStore::default();
+                    for (i, c) in a.iter() {
+                        expected.add(i, c - b.get(i));
+                    }
+                    proptest::prop_assert_eq!(d, expected);
+                }
+            }
+        }
+    }
+
     #[test]
     fn downscale_merges_neighbours() {
         let mut s = BucketStore::default();

@@ -7,6 +7,7 @@ use crate::convert::{labels_to_proto, sketch_to_proto};
 use crate::limits;
 use crate::v1 as pb;
 use shoal_core::{Deltas, SeriesKey};
+use std::sync::Arc;
 
 /// A numbered batch: immutable once numbered, resent as it is until
 /// acknowledged.
@@ -135,8 +136,8 @@ pub fn encode(batch: &Batch, refs: &mut RefTable, identity: &Identity, describe:
     let mut definitions = Vec::new();
     let mut used = Vec::with_capacity(batch.deltas.series_updates());
     let mut described = std::collections::HashSet::new();
-    let mut define = |key: &SeriesKey| -> u32 {
-        let r = refs.ref_of(key.canonical());
+    let mut define = |key: &Arc<SeriesKey>| -> u32 {
+        let r = refs.ref_of(key);
         if !refs.is_known(r) {
             let exposed = key.exposed();
             let (help, unit) = match described.insert(exposed.name().to_string()) {

@@ -638,7 +638,7 @@ impl Lane {
             return (0, 0);
         }
         let refs: HashSet<u32> = rejected.iter().map(|r| r.r#ref).collect();
-        let hit = |key: &SeriesKey| self.refs.get(key.canonical()).is_some_and(|r| refs.contains(&r));
+        let hit = |key: &SeriesKey| self.refs.get(key).is_some_and(|r| refs.contains(&r));
         let (mut values, mut updates) = (0u64, 0u64);
         for c in deltas.counters.iter().filter(|c| hit(&c.key)) {
             values = values.wrapping_add(c.delta);

@@ -208,3 +208,28 @@ fn macro_path_keeps_each_shoal_apart_on_one_thread() {
     assert_eq!(b.counter_value(r#"same_total{k="v"}"#), Some(30));
     assert_eq!(c.counter_value(r#"same_total{k="v"}"#), Some(100));
 }
+
+#[test]
+fn macro_path_keeps_many_keys_apart_through_the_thread_cache() {
+    // More distinct keys than the per-thread cache has slots, with run-time
+    // label values (new key addresses every call) and a static key among
+    // them: every update lands in its own series, however the keys share
+    // slots.
+    let s = Shoal::builder().service("test").cardinality_limit(10_000).build().unwrap();
+    metrics::with_local_recorder(&s, || {
+        for round in 1..=3u64 {
+            for i in 0..2_000u64 {
+                metrics::counter!("keyed_total", "id" => i.to_string()).increment(i + 1);
+                metrics::histogram!("keyed_seconds", "id" => i.to_string()).record(i as f64);
+                metrics::counter!("static_total", "id" => "fixed").increment(round);
+            }
+        }
+    });
+    for i in [0u64, 1, 255, 256, 1_023, 1_999] {
+        assert_eq!(s.counter_value(&format!(r#"keyed_total{{id="{i}"}}"#)), Some(3 * (i + 1)), "id {i}");
+    }
+    assert_eq!(s.counter_value(r#"static_total{id="fixed"}"#), Some(2_000 * (1 + 2 + 3)));
+    let text = s.render_prometheus();
+    assert!(text.contains("keyed_seconds_count{id=\"1999\"} 3\n"), "{text:.300}");
+    assert!(text.contains("keyed_seconds_sum{id=\"7\"} 21\n"), "{text:.300}");
+}

@@ -2,23 +2,30 @@
 //! `metrics::counter!("x", "method" => "GET")` cheap when it resolves its key
 //! on every call.
 //!
-//! One small direct-mapped table per thread and per series kind (so an entry
-//! holds the series' own type: no `dyn Any`, no downcast). A lookup is one
-//! TLS access, one multiply to pick the slot, and a comparison of the family
-//! id and the key: the key's precomputed hash first, then, for the macros'
+//! One small two-way set-associative table per thread and per series kind
+//! (so an entry holds the series' own type: no `dyn Any`, no downcast). A
+//! lookup is one TLS access, one multiply to pick the set, and a comparison
+//! of the family id and the key (the set's second entry only if the first
+//! is another key): the key's precomputed hash first, then, for the macros'
 //! `static` keys, the addresses of its name and label slice (same addresses:
 //! same immutable bytes), and only otherwise the full `Key` equality. A miss
-//! (or two keys sharing a slot) falls back to the family's read-locked map,
-//! so the cache is never needed for correctness, only for speed.
+//! falls back to the family's read-locked map, so the cache is never needed
+//! for correctness, only for speed. Two ways per set keep two busy keys
+//! whose hashes share a set from evicting each other on every call (the
+//! hashes are fixed, so such a pair would clash in every run); a third
+//! evicts the older of the two.
 //!
-//! Memory is bounded: [`SLOTS`] entries per kind for a thread that records
-//! through the macros, allocated on its first miss, freed when it exits.
+//! Memory is bounded: [`SETS`] x 2 entries per kind for a thread that
+//! records through the macros, allocated on its first miss, freed when the
+//! thread exits. An entry keeps its series alive until it is replaced, so a
+//! thread that outlives a dropped `Shoal` may hold up to that many of its
+//! series until other keys take their places.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
-/// Entries per thread and per kind (a power of two).
-pub(crate) const SLOTS: usize = 256;
+/// Sets per thread and per kind (a power of two), two entries each.
+pub(crate) const SETS: usize = 256;
 
 struct Entry<S> {
     family: u64,
@@ -30,23 +37,29 @@ struct Entry<S> {
     series: Arc<S>,
 }
 
+/// Two entries, and which one the next insert replaces.
+struct Set<S> {
+    ways: [Option<Entry<S>>; 2],
+    victim: usize,
+}
+
 /// One thread's table for one kind; empty until the first insert.
 pub(crate) struct KeyCache<S> {
-    slots: Option<Box<[Option<Entry<S>>]>>,
+    sets: Option<Box<[Set<S>]>>,
 }
 
 impl<S> KeyCache<S> {
     pub(crate) const fn new() -> Self {
-        KeyCache { slots: None }
+        KeyCache { sets: None }
     }
 }
 
-/// The slot of a (family, key) pair: the family id and the key's hash mixed
-/// by a multiply, the table index taken from the high bits.
+/// The set of a (family, key) pair: the family id and the key's hash mixed
+/// by a multiply, the index taken from the high bits.
 #[inline(always)]
-fn slot_of(family: u64, key: &metrics::Key) -> usize {
+fn set_of(family: u64, key: &metrics::Key) -> usize {
     const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
-    ((key.get_hash() ^ family.wrapping_mul(MIX)).wrapping_mul(MIX) >> (64 - SLOTS.trailing_zeros())) as usize
+    ((key.get_hash() ^ family.wrapping_mul(MIX)).wrapping_mul(MIX) >> (64 - SETS.trailing_zeros())) as usize
 }
 
 impl<S> Entry<S> {
@@ -76,21 +89,30 @@ pub(crate) trait Cached: Sized + 'static {
 pub(crate) fn get<S: Cached>(family: u64, key: &metrics::Key) -> Option<Arc<S>> {
     S::with_cache(|cache| {
         let cache = cache.try_borrow().ok()?;
-        let entry = cache.slots.as_ref()?[slot_of(family, key)].as_ref()?;
-        entry.holds(family, key).then(|| entry.series.clone())
+        let set = &cache.sets.as_ref()?[set_of(family, key)];
+        set.ways.iter().flatten().find(|entry| entry.holds(family, key)).map(|entry| entry.series.clone())
     })
     .flatten()
 }
 
-/// Remembers that `key` resolves to `series` in `family` (replacing whatever
-/// held its slot).
+/// Remembers that `key` resolves to `series` in `family`, in an empty way
+/// of its set or else in place of the older entry.
 pub(crate) fn insert<S: Cached>(family: u64, key_ref: &metrics::Key, series: &Arc<S>) {
     S::with_cache(|cache| {
         let Ok(mut cache) = cache.try_borrow_mut() else { return };
-        let slots = cache.slots.get_or_insert_with(|| (0..SLOTS).map(|_| None).collect());
+        let sets = cache.sets.get_or_insert_with(|| (0..SETS).map(|_| Set { ways: [None, None], victim: 0 }).collect());
+        let set = &mut sets[set_of(family, key_ref)];
+        let way = match set.ways.iter().position(Option::is_none) {
+            Some(empty) => empty,
+            None => {
+                let oldest = set.victim;
+                set.victim ^= 1;
+                oldest
+            }
+        };
         let key = key_ref.clone();
         let (name, labels) = (key.name() as *const str, key.labels().as_slice() as *const [metrics::Label]);
-        slots[slot_of(family, key_ref)] = Some(Entry { family, key, name, labels, series: series.clone() });
+        set.ways[way] = Some(Entry { family, key, name, labels, series: series.clone() });
     });
 }
 
@@ -139,14 +161,32 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_holds_the_latest_key_and_memory_stays_bounded() {
+    fn two_keys_sharing_a_set_both_stay_and_a_third_evicts_the_older() {
+        let family = 11;
+        let keys: Vec<metrics::Key> = (0..10_000).map(|i| metrics::Key::from_name(format!("k{i}"))).collect();
+        let target = set_of(family, &keys[0]);
+        let same: Vec<&metrics::Key> = keys.iter().filter(|k| set_of(family, k) == target).take(3).collect();
+        assert_eq!(same.len(), 3, "10,000 keys over {SETS} sets");
+        insert(family, same[0], &Arc::new(Thing(0)));
+        insert(family, same[1], &Arc::new(Thing(1)));
+        for _ in 0..3 {
+            assert_eq!(get::<Thing>(family, same[0]).map(|t| t.0), Some(0));
+            assert_eq!(get::<Thing>(family, same[1]).map(|t| t.0), Some(1));
+        }
+        insert(family, same[2], &Arc::new(Thing(2)));
+        assert!(get::<Thing>(family, same[0]).is_none(), "the older entry made room");
+        assert_eq!(get::<Thing>(family, same[1]).map(|t| t.0), Some(1));
+        assert_eq!(get::<Thing>(family, same[2]).map(|t| t.0), Some(2));
+    }
+
+    #[test]
+    fn hits_are_always_the_right_series_and_memory_stays_bounded() {
         let family = 9;
-        let keys: Vec<metrics::Key> = (0..SLOTS * 4).map(|i| metrics::Key::from_name(format!("k{i}"))).collect();
+        let keys: Vec<metrics::Key> = (0..SETS * 8).map(|i| metrics::Key::from_name(format!("k{i}"))).collect();
         for (i, k) in keys.iter().enumerate() {
             insert(family, k, &Arc::new(Thing(i as u32)));
             assert_eq!(get::<Thing>(family, k).map(|t| t.0), Some(i as u32));
         }
-        // Every hit is the right series; at most SLOTS are held.
         let hits = keys.iter().enumerate().filter(|(i, k)| match get::<Thing>(family, k) {
             Some(t) => {
                 assert_eq!(t.0, *i as u32);
@@ -154,8 +194,9 @@ mod tests {
             }
             None => false,
         });
-        assert!(hits.count() <= SLOTS);
-        let held = Thing::with_cache(|c| c.borrow().slots.as_ref().unwrap().iter().flatten().count()).unwrap();
-        assert!(held <= SLOTS && held > SLOTS / 2, "{held}");
+        assert!(hits.count() <= 2 * SETS);
+        let held = Thing::with_cache(|c| c.borrow().sets.as_ref().unwrap().iter().map(|s| s.ways.iter().flatten().count()).sum::<usize>())
+            .unwrap();
+        assert!(held <= 2 * SETS && held > SETS, "{held}");
     }
 }

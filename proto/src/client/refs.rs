@@ -61,7 +61,11 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u64(&mut self, id: u64) {
-        self.hash = (id ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        // The full 128-bit product, folded: every bit of the result depends
+        // on every bit of the seeded id (a 64-bit product's low bits would
+        // depend on the id's low bits only, seed or not).
+        let product = ((id ^ self.seed) as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        self.hash = (product as u64) ^ ((product >> 64) as u64);
     }
 }
 

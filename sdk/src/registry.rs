@@ -5,8 +5,9 @@
 //! recorded through directly. The `metrics` macros resolve on every call, so
 //! the lookup is made cheap: first a per-thread cache keyed by the facade's
 //! own `Key` (whose hash is precomputed, often at compile time; see
-//! [`crate::key_cache`]) — no lock, no shared write but the `Arc` clone; then a read-locked shared map; only a
-//! miss canonicalises the labels and takes the write path.
+//! [`crate::key_cache`]) — no lock, no shared write but the `Arc` clone;
+//! then a read-locked shared map; only a miss canonicalises the labels and
+//! takes the write path.
 
 use crate::hot::counter::{CounterArena, CounterCells};
 use crate::hot::gauge::GaugeCell;

@@ -3,6 +3,8 @@
 //! SDK, metrics-exporter-prometheus and the `prometheus` crate holding the
 //! same counters and histograms, and the collector holding what the SDK
 //! flushed. Histograms: 200 samples each over 6 decades (1 µs to 1 s);
+//! the SDK is counted before and after its first take (which adds the
+//! state each later delta is taken against);
 //! shoal's sketch at its default 1% error, the peers with 11 and 20 buckets.
 //!
 //! Run: `cargo run --release --example memory_per_series`.
@@ -163,6 +165,15 @@ fn main() {
     println!("bytes per series ({SERIES} series; histograms: {SAMPLES} samples over 6 decades)");
     println!("{:34} {:>10} {:>12}", "", "counter", "histogram");
     println!("{:34} {:>10.0} {:>12.0}", "shoal SDK (1% sketch)", per_series(|| sdk(false)), per_series(|| sdk(true)));
+    // A running SDK also keeps, per histogram series, what its cells held at
+    // the last take (about a byte per bucket of the range seen): counted
+    // here after one take, with the deltas it produced dropped.
+    let flushed = |histograms: bool| {
+        let (shoal, handles) = sdk(histograms);
+        drop(shoal.take_deltas());
+        (shoal, handles)
+    };
+    println!("{:34} {:>10.0} {:>12.0}", "shoal SDK after a take", per_series(|| flushed(false)), per_series(|| flushed(true)));
     println!("{:34} {:>10.0} {:>12.0}", "shoal collector (rollup series)", collector(false), collector(true));
     println!("{:34} {:>10.0} {:>12.0}", "metrics-exporter-prometheus 0.18", per_series(|| mep(false)), per_series(|| mep(true)));
     println!("{:34} {:>10.0} {:>12.0}", "prometheus 0.14 (20 buckets)", per_series(|| prom(false)), per_series(|| prom(true)));

@@ -102,17 +102,17 @@ pub fn sketch_to_proto(s: &Sketch) -> pb::Sketch {
             return None;
         }
         let first = store.offset();
-        let nonzero: Vec<(i32, u64)> = store.iter().collect();
+        let mut counts = Vec::new();
+        let mut gaps = Vec::new();
+        let mut previous = first;
+        store.for_each_nonzero(|index, count| {
+            gaps.push((index - previous) as u32);
+            counts.push(count);
+            previous = index;
+        });
         // Dense costs about a byte per slot, sparse about two per non-empty
         // bucket: a short delta of a wide distribution is mostly gaps.
-        if nonzero.len() * 2 < store.len() {
-            let mut gaps = Vec::with_capacity(nonzero.len());
-            let mut previous = first;
-            for (i, &(index, _)) in nonzero.iter().enumerate() {
-                gaps.push(if i == 0 { (index - first) as u32 } else { (index - previous) as u32 });
-                previous = index;
-            }
-            let counts = nonzero.iter().map(|&(_, c)| c).collect();
+        if counts.len() * 2 < store.len() {
             return Some(pb::Buckets { offset: first, counts, gaps });
         }
         let counts = (0..store.len() as i32).map(|i| store.get(first + i)).collect();

@@ -6,6 +6,7 @@
 //! read (in this delta) or after it (in the next), never in both and never in
 //! neither, so the sum of all deltas equals the sum of all updates, exactly.
 
+use crate::hot::histogram::TakeScratch;
 use crate::registry::Registry;
 use shoal_core::deltas::{CounterDelta, Deltas, GaugeValue, HistogramDelta};
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,20 +25,11 @@ pub(crate) fn take(registry: &Registry) -> Deltas {
     for series in registry.gauges.all() {
         deltas.gauges.push(GaugeValue { key: series.key.clone(), value: series.cell.read() });
     }
+    let mut scratch = TakeScratch::default();
     for series in registry.histograms.all() {
-        let now = series.cells.read();
-        let mut last = series.last_taken.lock();
-        if now.count() == last.count() && now.sum() == last.sum() {
-            continue;
+        if let Some(sketch) = series.cells.take_delta(&mut series.last_taken.lock(), &mut scratch) {
+            deltas.histograms.push(HistogramDelta { key: series.key.clone(), sketch });
         }
-        let mut delta = now.checked_sub(&last).unwrap_or_else(|| now.clone());
-        // Exact extremes of the interval, kept only where they agree with
-        // the delta's buckets (see `HistogramCells::take_extremes`).
-        let (min, max) = series.cells.take_extremes();
-        delta.set_extremes_within_buckets(min, max);
-        delta.trim();
-        *last = now;
-        deltas.histograms.push(HistogramDelta { key: series.key.clone(), sketch: delta });
     }
     deltas
 }

@@ -11,10 +11,10 @@
 
 use crate::hot::counter::{CounterArena, CounterCells};
 use crate::hot::gauge::GaugeCell;
-use crate::hot::histogram::HistogramCells;
+use crate::hot::histogram::{HistogramCells, Taken};
 use crate::key_cache::{self, cached_kind, Cached};
 use parking_lot::{Mutex, RwLock};
-use shoal_core::sketch::{Rejection, Sketch};
+use shoal_core::sketch::Rejection;
 use shoal_core::Kind;
 use shoal_core::SeriesKey;
 use shoal_proto::limits::{check_series, truncate, SeriesFault};
@@ -83,8 +83,8 @@ pub struct HistogramSeries {
     pub(crate) stats: Arc<SelfStats>,
     pub(crate) overflow: bool,
     pub(crate) cells: HistogramCells,
-    /// Cumulative sketch at the last delta take.
-    pub(crate) last_taken: Mutex<Sketch>,
+    /// What the cells held at the last delta take.
+    pub(crate) last_taken: Mutex<Taken>,
 }
 
 /// Counters the registry keeps about itself (exposed under `shoal_`).
@@ -398,7 +398,7 @@ impl Registry {
             stats: self.stats.clone(),
             overflow,
             cells: HistogramCells::new(self.scale),
-            last_taken: Mutex::new(Sketch::with_scale(self.scale)),
+            last_taken: Mutex::new(Taken::default()),
         }
     }
 

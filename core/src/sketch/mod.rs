@@ -223,6 +223,19 @@ impl Sketch {
         self.count = self.count.saturating_add(n);
     }
 
+    /// Adds a whole store of raw bucket counts to one side (as
+    /// [`Sketch::add_bucket`]); moved in without a copy when that side is
+    /// empty.
+    pub fn add_buckets(&mut self, sign: i8, buckets: BucketStore) {
+        self.count = self.count.saturating_add(buckets.total());
+        let side = if sign >= 0 { &mut self.positive } else { &mut self.negative };
+        if side.is_empty() {
+            *side = buckets;
+        } else {
+            side.merge(&buckets);
+        }
+    }
+
     /// Adds `n` samples to the zero bucket (raw, as [`Sketch::add_bucket`]).
     pub fn add_zero(&mut self, n: u64) {
         self.zero_count = self.zero_count.saturating_add(n);

@@ -150,10 +150,132 @@ impl BucketStore {
         }
     }
 
+    /// A store holding the `(index, count)` buckets of `sparse` (indices
+    /// strictly ascending, counts non-zero), at the narrowest width that
+    /// fits: one allocation of the run from the first to the last index.
+    pub fn from_sparse(sparse: &[(i32, u64)]) -> BucketStore {
+        let (Some(&(first, _)), Some(&(last, _))) = (sparse.first(), sparse.last()) else { return BucketStore::default() };
+        debug_assert!(sparse.windows(2).all(|w| w[0].0 < w[1].0), "indices ascend");
+        let mut store = BucketStore::default();
+        store.add_range_fresh(first, last);
+        store.counts.widen_for(sparse.iter().map(|&(_, c)| c).max().unwrap_or(0));
+        each_width!(&mut store.counts, v => {
+            for &(index, count) in sparse {
+                // Widened above for the largest count: no truncation.
+                v[(index - first) as usize] = count as _;
+            }
+        });
+        store
+    }
+
+    /// Raises the run of buckets `first .. first + len` to the cumulative
+    /// counts `now(0) .. now(len - 1)` (read from cells that only grow) and
+    /// calls `rose(index, by)`, ascending, for every bucket whose count
+    /// changed: a delta taken against this store as the state of the
+    /// previous take, without building a second store. A run inside the
+    /// store's range (the steady state) costs one pass reading `now` once
+    /// per slot. Slots where `now` is 0 leave the store alone. A count below
+    /// the stored one (a cell that wrapped past `u64::MAX`) is reported by
+    /// wrapping subtraction, as counter deltas are.
+    // One body serves every width: for `u64` counts the conversions are
+    // no-ops.
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    pub fn advance(&mut self, first: i32, len: usize, now: impl Fn(usize) -> u64, mut rose: impl FnMut(i32, u64)) {
+        let rel = first as i64 - self.offset as i64;
+        let (lo, hi) = if !self.is_empty() && rel >= 0 && rel as usize + len <= self.counts.len() {
+            (0, len)
+        } else {
+            let Some(lo) = (0..len).position(|k| now(k) > 0) else { return };
+            let hi = (0..len).rposition(|k| now(k) > 0).map_or(lo, |k| k) + 1;
+            let (from, to) = (first + lo as i32, first + hi as i32 - 1);
+            if self.is_empty() {
+                self.add_range_fresh(from, to);
+            } else {
+                self.add_range(from, to);
+            }
+            (lo, hi)
+        };
+        let mut k = lo;
+        while k < hi {
+            let width_max = self.counts.max_of_width();
+            let start = (first as i64 + k as i64 - self.offset as i64) as usize;
+            // Where a count outgrew the width: widen, then go on from there.
+            let outgrown = each_width!(&mut self.counts, v => {
+                let mut outgrown = None;
+                for (j, slot) in v[start..start + (hi - k)].iter_mut().enumerate() {
+                    let n = now(k + j);
+                    let before = u64::from(*slot);
+                    if n != before {
+                        if n > width_max {
+                            outgrown = Some(k + j);
+                            break;
+                        }
+                        // Checked against the width's maximum just above.
+                        *slot = n as _;
+                        rose(first + (k + j) as i32, n.wrapping_sub(before));
+                    }
+                }
+                outgrown
+            });
+            match outgrown {
+                Some(at) => {
+                    self.counts.widen_for(now(at));
+                    k = at;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Calls `f(index, count)` for every non-empty bucket, ascending: the
+    /// fast form of [`BucketStore::iter`] for sparse runs (a delta of a
+    /// few samples over a wide range), skipping empty slots eight bytes of
+    /// `u8` counts at a time.
+    // One body serves every width: for `u64` counts the conversions are
+    // no-ops.
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    pub fn for_each_nonzero(&self, mut f: impl FnMut(i32, u64)) {
+        let offset = self.offset;
+        match &self.counts {
+            Counts::U8(v) => {
+                let mut chunks = v.chunks_exact(8);
+                let mut at = 0;
+                for chunk in chunks.by_ref() {
+                    let mut word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+                    while word != 0 {
+                        let k = word.trailing_zeros() as usize / 8;
+                        f(offset + (at + k) as i32, u64::from(chunk[k]));
+                        word &= !(0xff << (k * 8));
+                    }
+                    at += 8;
+                }
+                for (k, &c) in chunks.remainder().iter().enumerate() {
+                    if c != 0 {
+                        f(offset + (at + k) as i32, u64::from(c));
+                    }
+                }
+            }
+            counts => each_width!(counts, v => {
+                for (k, &c) in v.iter().enumerate() {
+                    if c != 0 {
+                        f(offset + k as i32, u64::from(c));
+                    }
+                }
+            }),
+        }
+    }
+
     /// Sum of all bucket counts (saturating; a store never holds more than
     /// `u64::MAX` samples in practice).
     pub fn total(&self) -> u64 {
-        (0..self.counts.len()).fold(0u64, |acc, i| acc.saturating_add(self.counts.get(i)))
+        // Narrow counts cannot overflow a u64 sum (a range holds < 2^32
+        // buckets): a plain sum the compiler vectorises.
+        match &self.counts {
+            Counts::U8(v) => v.iter().map(|&c| u64::from(c)).sum(),
+            Counts::U16(v) => v.iter().map(|&c| u64::from(c)).sum(),
+            Counts::U32(v) => v.iter().map(|&c| u64::from(c)).sum(),
+            Counts::U64(v) => v.iter().fold(0u64, |acc, &c| acc.saturating_add(c)),
+        }
     }
 
     /// Heap bytes held by the counts.
@@ -351,6 +473,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest::proptest! {
+        /// `advance` over runs of cumulative counts reports exactly the
+        /// buckets that rose and by how much, and leaves the store equal to
+        /// the cumulative counts; `from_sparse` of what it reported is the
+        /// store `add` alone would build.
+        #[test]
+        fn advance_reports_what_rose_and_keeps_the_cumulative_state(
+            steps in proptest::collection::vec(proptest::collection::vec((0usize..192, 1u64..100_000), 0..40), 1..6),
+            first in -300i32..300,
+        ) {
+            let mut cumulative = vec![0u64; 192];
+            let mut taken = BucketStore::default();
+            for step in steps {
+                let before = cumulative.clone();
+                for (slot, n) in step {
+                    cumulative[slot] += n;
+                }
+                // Three runs of 64, as the SDK reads pages.
+                let mut rose = Vec::new();
+                for run in 0..3 {
+                    taken.advance(first + run as i32 * 64, 64, |k| cumulative[run * 64 + k], |i, by| rose.push((i, by)));
+                }
+                let expected: Vec<(i32, u64)> = (0..192)
+                    .filter(|&k| cumulative[k] != before[k])
+                    .map(|k| (first + k as i32, cumulative[k] - before[k]))
+                    .collect();
+                proptest::prop_assert_eq!(&rose, &expected);
+                for (k, &c) in cumulative.iter().enumerate() {
+                    proptest::prop_assert_eq!(taken.get(first + k as i32), c);
+                }
+                let mut added = BucketStore::default();
+                for &(i, by) in &expected {
+                    added.add(i, by);
+                }
+                proptest::prop_assert_eq!(&BucketStore::from_sparse(&rose), &added);
+                let mut visited = Vec::new();
+                added.for_each_nonzero(|i, c| visited.push((i, c)));
+                proptest::prop_assert_eq!(visited, added.iter().collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn from_sparse_picks_the_narrowest_width() {
+        assert!(BucketStore::from_sparse(&[]).is_empty());
+        let s = BucketStore::from_sparse(&[(-4, 3), (9, 255)]);
+        assert!(matches!(s.counts, Counts::U8(_)));
+        assert_eq!((s.offset(), s.len(), s.get(-4), s.get(0), s.get(9)), (-4, 14, 3, 0, 255));
+        let s = BucketStore::from_sparse(&[(7, u32::MAX as u64 + 1)]);
+        assert!(matches!(s.counts, Counts::U64(_)));
+        assert_eq!(s.total(), u32::MAX as u64 + 1);
     }
 
     #[test]

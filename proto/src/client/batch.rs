@@ -63,7 +63,10 @@ struct Cost {
 
 impl Cost {
     fn of_key(key: &SeriesKey, instance_label_bytes: usize) -> Cost {
-        let key_bytes = key.name().len() + key.labels().iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        // The canonical text holds the name and every label key and value
+        // (escaped, so never shorter) plus punctuation: an upper bound that
+        // needs no walk over the labels' strings.
+        let key_bytes = key.canonical().len();
         // Definition: ref, name, labels with their tags and lengths.
         let definition = 16 + key_bytes + 8 * key.labels().len();
         Cost { series: 1, bytes: definition + 16, buckets: 0, key_bytes: key_bytes + instance_label_bytes }

@@ -25,6 +25,12 @@ pub struct RefTable {
     /// Bit `r` set: the collector holds ref `r`'s definition.
     known: Vec<u64>,
     epoch: Option<u64>,
+    /// Where in `keys` the next lookup is expected: a flush sends the
+    /// series in the order of the previous one, which is the order their
+    /// refs were given in, so the next key is usually the one after the
+    /// last found (checked by `Arc` pointer: no hash lookup, no random
+    /// access into the map).
+    next: usize,
 }
 
 /// Hashes a (well mixed) key id with a per-table random seed, so that ids
@@ -72,10 +78,16 @@ impl Hasher for IdHasher {
 impl RefTable {
     /// The series' ref, assigning the next one on first use.
     pub fn ref_of(&mut self, key: &Arc<SeriesKey>) -> u32 {
+        if self.keys.get(self.next).is_some_and(|expected| Arc::ptr_eq(expected, key)) {
+            self.next += 1;
+            return self.next as u32;
+        }
         if let Some(r) = self.get(key) {
+            self.next = r as usize;
             return r;
         }
         let r = self.keys.len() as u32 + 1;
+        self.next = r as usize;
         match self.by_id.entry(key.id()) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(r);
@@ -159,6 +171,23 @@ mod tests {
         assert_eq!(t.get(&key("b")), Some(2));
         assert_eq!(t.get(&key("c")), None);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn lookups_in_the_previous_order_or_any_other_find_the_same_refs() {
+        let mut t = RefTable::default();
+        let keys: Vec<_> = (0..50).map(|i| key(&format!("s{i}"))).collect();
+        let refs: Vec<u32> = keys.iter().map(|k| t.ref_of(k)).collect();
+        assert_eq!(refs, (1..=50).collect::<Vec<u32>>());
+        // The same order (the expected next key), with gaps (series that did
+        // not change), reversed, and equal keys in other Arcs.
+        assert!(keys.iter().zip(&refs).all(|(k, &r)| t.ref_of(k) == r));
+        assert!(keys.iter().zip(&refs).step_by(3).all(|(k, &r)| t.ref_of(k) == r));
+        assert!(keys.iter().zip(&refs).rev().all(|(k, &r)| t.ref_of(k) == r));
+        assert!(keys.iter().zip(&refs).all(|(k, &r)| t.ref_of(&Arc::new((**k).clone())) == r));
+        assert_eq!(t.ref_of(&key("new")), 51);
+        assert_eq!(t.ref_of(&keys[0]), 1);
+        assert_eq!(t.len(), 51);
     }
 
     #[test]

@@ -8,11 +8,11 @@
 //! compare-exchange, so the shared stripe's concurrent writers agree on one.
 
 use super::{add_f64, bump, slot};
-use shoal_core::sketch::{mapping, mapping_for, Mapping, Rejection, Sketch};
+use shoal_core::sketch::{mapping, mapping_for, BucketStore, Mapping, Rejection, Sketch};
 use std::ptr;
 use std::sync::atomic::{
     AtomicPtr, AtomicU64,
-    Ordering::{AcqRel, Acquire, Relaxed},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
 const PAGE: usize = 64;
@@ -35,6 +35,25 @@ struct Stripe {
     negative: Box<[AtomicPtr<Directory>]>,
 }
 
+/// What a series' cells held at the previous take, kept by the taker:
+/// cumulative counts in the dense, adaptive-width stores a sketch uses
+/// (about a byte per bucket of the range seen so far).
+#[derive(Debug, Default)]
+pub struct Taken {
+    positive: BucketStore,
+    negative: BucketStore,
+    zero: u64,
+    sum: f64,
+}
+
+/// Buffers one take reuses across series (no allocation per series once
+/// they have grown).
+#[derive(Default)]
+pub struct TakeScratch {
+    rose: Vec<(i32, u64)>,
+    directories: Vec<*const Directory>,
+}
+
 /// Cells of one histogram series.
 pub struct HistogramCells {
     mapping: &'static Mapping,
@@ -46,6 +65,15 @@ pub struct HistogramCells {
     /// [`HistogramCells::read`]; written by takes only.
     taken_min: AtomicU64,
     taken_max: AtomicU64,
+    /// Per sign (positive, negative), bit `directory_bit(d)` set once some
+    /// stripe installed directory `d`: a take visits only those.
+    directories_installed: [AtomicU64; 2],
+}
+
+/// The bit of directory `d` in `directories_installed` (all directories
+/// from 63 up share the last bit: a scale above 6 has more than 64).
+fn directory_bit(d: usize) -> u64 {
+    1 << d.min(63)
 }
 
 const POS_INF_BITS: u64 = 0x7ff0_0000_0000_0000;
@@ -120,6 +148,7 @@ impl HistogramCells {
             stripes,
             taken_min: AtomicU64::new(POS_INF_BITS),
             taken_max: AtomicU64::new(NEG_INF_BITS),
+            directories_installed: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
@@ -139,8 +168,14 @@ impl HistogramCells {
         let magnitude = bits & !SIGN_BIT;
         if magnitude.wrapping_sub(MIN_NORMAL_BITS) < INFINITY_BITS - MIN_NORMAL_BITS {
             let position = (self.mapping.index_of_bits(magnitude) - self.position_base) as usize;
-            let table = if bits & SIGN_BIT != 0 { &stripe.negative } else { &stripe.positive };
-            let directory = get_or_install(&table[position / (PAGE * DIRECTORY)], new_directory);
+            let negative = bits & SIGN_BIT != 0;
+            let table = if negative { &stripe.negative } else { &stripe.positive };
+            let d = position / (PAGE * DIRECTORY);
+            let directory = match table[d].load(Acquire) {
+                // SAFETY: see get_or_install.
+                dir if !dir.is_null() => unsafe { &*dir },
+                _ => self.install_directory(&table[d], negative, d),
+            };
             let page = get_or_install(&directory.0[(position / PAGE) % DIRECTORY], new_page);
             bump(&page.0[position % PAGE], n, owned);
         } else if magnitude < MIN_NORMAL_BITS {
@@ -161,6 +196,19 @@ impl HistogramCells {
         Ok(())
     }
 
+    /// Installs a directory (the cold path of a record) and notes its
+    /// index for takes, which visit only directories some stripe has.
+    #[cold]
+    #[inline(never)]
+    fn install_directory<'a>(&self, cell: &'a AtomicPtr<Directory>, negative: bool, d: usize) -> &'a Directory {
+        let directory = install(cell, new_directory);
+        // After the install: a take that sees the bit finds the directory;
+        // one that races ahead of it reads these cells at its next take
+        // (they are cumulative), as with any record racing a take.
+        self.directories_installed[usize::from(negative)].fetch_or(directory_bit(d), Release);
+        directory
+    }
+
     /// The exact minimum and maximum recorded since the previous call
     /// (+inf / -inf if nothing), resetting them: the extremes of the delta
     /// a take is about to send. The caller serialises takes. A record
@@ -177,6 +225,110 @@ impl HistogramCells {
         self.taken_min.store(taken_min.to_bits(), Relaxed);
         self.taken_max.store(taken_max.to_bits(), Relaxed);
         (min, max)
+    }
+
+    /// The samples recorded since the previous take, as a sketch with the
+    /// interval's exact extremes, or `None` if nothing was recorded;
+    /// advances `taken` to now. The caller serialises takes.
+    ///
+    /// One pass over the cells: each page (summed over the stripes that
+    /// have it) is compared with `taken`'s run of the same buckets, and only
+    /// the buckets that rose go into the delta, which is built once at its
+    /// final size. No cumulative sketch is built and no store subtracted.
+    pub fn take_delta(&self, taken: &mut Taken, scratch: &mut TakeScratch) -> Option<Sketch> {
+        let (mut zero, mut sum) = (0u64, 0.0f64);
+        for stripe in self.stripes.iter() {
+            zero = zero.saturating_add(stripe.zero.load(Relaxed));
+            sum += f64::from_bits(stripe.sum.load(Relaxed));
+        }
+        let mut delta = Sketch::with_scale(self.mapping.scale());
+        delta.add_zero(zero.wrapping_sub(taken.zero));
+        taken.zero = zero;
+        for sign in [1i8, -1] {
+            scratch.rose.clear();
+            self.advance_side(sign, taken, scratch);
+            if !scratch.rose.is_empty() {
+                delta.add_buckets(sign, BucketStore::from_sparse(&scratch.rose));
+            }
+        }
+        if delta.count() == 0 && sum == taken.sum {
+            return None;
+        }
+        delta.add_sum(sum - taken.sum);
+        taken.sum = sum;
+        // Exact extremes of the interval, kept only where they agree with
+        // the delta's buckets (see `take_extremes`).
+        let (min, max) = self.take_extremes();
+        delta.set_extremes_within_buckets(min, max);
+        Some(delta)
+    }
+
+    /// One sign's half of [`HistogramCells::take_delta`]: appends the
+    /// buckets that rose to `scratch.rose`, ascending.
+    fn advance_side(&self, sign: i8, taken: &mut Taken, scratch: &mut TakeScratch) {
+        let store = if sign > 0 { &mut taken.positive } else { &mut taken.negative };
+        fn table(stripe: &Stripe, sign: i8) -> &[AtomicPtr<Directory>] {
+            if sign > 0 {
+                &stripe.positive
+            } else {
+                &stripe.negative
+            }
+        }
+        let directories = table(&self.stripes[0], sign).len();
+        let installed = self.directories_installed[usize::from(sign < 0)].load(Acquire);
+        let mut page_sum = [0u64; PAGE];
+        for d in 0..directories {
+            if installed & directory_bit(d) == 0 {
+                continue;
+            }
+            scratch.directories.clear();
+            scratch
+                .directories
+                .extend(self.stripes.iter().map(|stripe| table(stripe, sign)[d].load(Acquire).cast_const()).filter(|dir| !dir.is_null()));
+            if scratch.directories.is_empty() {
+                continue;
+            }
+            for p in 0..DIRECTORY {
+                let first = self.lowest + ((d * DIRECTORY + p) * PAGE) as i32;
+                let mut rose = |index, by| scratch.rose.push((index, by));
+                if let [only] = scratch.directories[..] {
+                    // One stripe holds this directory (one recording
+                    // thread): compare its cells in place.
+                    // SAFETY: see get_or_install.
+                    let pages = &unsafe { &*only }.0;
+                    let page = pages[p].load(Acquire);
+                    if !page.is_null() {
+                        // SAFETY: see get_or_install.
+                        let cells = &unsafe { &*page }.0;
+                        store.advance(first, PAGE, |k| cells[k].load(Relaxed), &mut rose);
+                    }
+                    continue;
+                }
+                let mut any = false;
+                for &dir in &scratch.directories {
+                    // SAFETY: see get_or_install.
+                    let page = unsafe { &*dir }.0[p].load(Acquire);
+                    if page.is_null() {
+                        continue;
+                    }
+                    // SAFETY: see get_or_install.
+                    let cells = &unsafe { &*page }.0;
+                    if any {
+                        for (total, cell) in page_sum.iter_mut().zip(cells) {
+                            *total = total.wrapping_add(cell.load(Relaxed));
+                        }
+                    } else {
+                        for (total, cell) in page_sum.iter_mut().zip(cells) {
+                            *total = cell.load(Relaxed);
+                        }
+                        any = true;
+                    }
+                }
+                if any {
+                    store.advance(first, PAGE, |k| page_sum[k], &mut rose);
+                }
+            }
+        }
     }
 
     /// The cumulative sketch of everything recorded so far, with its exact
@@ -313,6 +465,70 @@ mod tests {
         assert_eq!(cells.record(f64::NAN, 1), Err(Rejection::Nan));
         assert_eq!(cells.record(f64::NEG_INFINITY, 1), Err(Rejection::Infinite));
         assert_eq!(cells.read().count(), reference.count());
+    }
+
+    #[test]
+    fn deltas_taken_from_the_cells_are_the_differences_of_reads() {
+        let cells = std::sync::Arc::new(HistogramCells::new(6));
+        let mut taken = Taken::default();
+        let mut scratch = TakeScratch::default();
+        assert!(cells.take_delta(&mut taken, &mut scratch).is_none(), "nothing recorded");
+        let mut sent = Sketch::with_scale(6);
+        let mut previous = cells.read();
+        for round in 0..4u32 {
+            // Several threads, so several stripes hold the same buckets.
+            std::thread::scope(|s| {
+                for t in 0..3u32 {
+                    let cells = &cells;
+                    s.spawn(move || {
+                        for i in 0..500u32 {
+                            let v = f64::from(i * (t + 1) + round) * 1e-3 - 0.1;
+                            cells.record(if i % 50 == 0 { 0.0 } else { v }, u64::from(i % 3 + 1)).unwrap();
+                        }
+                    });
+                }
+            });
+            let delta = cells.take_delta(&mut taken, &mut scratch).expect("samples were recorded");
+            let now = cells.read();
+            let expected = now.checked_sub(&previous).unwrap();
+            assert_eq!(delta.positive(), expected.positive(), "round {round}");
+            assert_eq!(delta.negative(), expected.negative(), "round {round}");
+            assert_eq!((delta.zero_count(), delta.count()), (expected.zero_count(), expected.count()));
+            assert!((delta.sum() - expected.sum()).abs() <= 1e-9 * expected.sum().abs().max(1.0));
+            assert_eq!(
+                (delta.min(), delta.max()),
+                (Some(f64::from(1 + round) * 1e-3 - 0.1), Some(f64::from(499 * 3 + round) * 1e-3 - 0.1))
+            );
+            assert!(cells.take_delta(&mut taken, &mut scratch).is_none(), "nothing new since");
+            sent.merge(&delta);
+            previous = now;
+        }
+        // Every sample went out exactly once.
+        let all = cells.read();
+        assert_eq!((sent.positive(), sent.negative(), sent.zero_count()), (all.positive(), all.negative(), all.zero_count()));
+    }
+
+    #[test]
+    fn deltas_reach_every_directory_at_every_scale() {
+        // At the finest scale there are more directories than bits in the
+        // take's mask; the last bit stands for all the high ones.
+        for scale in [0, 6, shoal_core::sketch::MAX_SCALE] {
+            let cells = HistogramCells::new(scale);
+            let (mut taken, mut scratch) = (Taken::default(), TakeScratch::default());
+            let values = [1e-300, 3e-200, 1e-9, 0.5, 7.0, 1e12, 1e200, 1.7e308, -1e-300, -2.5, -1e300];
+            for round in 1..=3u64 {
+                for v in values {
+                    cells.record(v, round).unwrap();
+                }
+                let delta = cells.take_delta(&mut taken, &mut scratch).unwrap();
+                let mut expected = Sketch::with_scale(scale);
+                for v in values {
+                    expected.record_many(v, round).unwrap();
+                }
+                assert_eq!((delta.positive(), delta.negative()), (expected.positive(), expected.negative()), "scale {scale}");
+                assert_eq!((delta.min(), delta.max()), (Some(-1e300), Some(1.7e308)));
+            }
+        }
     }
 
     #[test]

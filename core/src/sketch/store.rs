@@ -150,19 +150,31 @@ impl BucketStore {
         }
     }
 
-    /// A store holding the `(index, count)` buckets of `sparse` (indices
-    /// strictly ascending, counts non-zero), at the narrowest width that
-    /// fits: one allocation of the run from the first to the last index.
+    /// A store holding the `(index, count)` buckets of `sparse`, at the
+    /// narrowest width that fits: with indices strictly ascending (what a
+    /// take produces), one allocation of the run from the first to the last
+    /// index; otherwise the counts are added one by one (repeated indices
+    /// sum, saturating).
     pub fn from_sparse(sparse: &[(i32, u64)]) -> BucketStore {
-        let (Some(&(first, _)), Some(&(last, _))) = (sparse.first(), sparse.last()) else { return BucketStore::default() };
-        debug_assert!(sparse.windows(2).all(|w| w[0].0 < w[1].0), "indices ascend");
+        if !sparse.windows(2).all(|w| w[0].0 < w[1].0) {
+            let mut store = BucketStore::default();
+            for &(index, count) in sparse {
+                store.add(index, count);
+            }
+            return store;
+        }
+        let Some((&(first, _), &(last, _))) = sparse.iter().find(|&&(_, c)| c > 0).zip(sparse.iter().rfind(|&&(_, c)| c > 0)) else {
+            return BucketStore::default();
+        };
         let mut store = BucketStore::default();
         store.add_range_fresh(first, last);
         store.counts.widen_for(sparse.iter().map(|&(_, c)| c).max().unwrap_or(0));
         each_width!(&mut store.counts, v => {
             for &(index, count) in sparse {
-                // Widened above for the largest count: no truncation.
-                v[(index - first) as usize] = count as _;
+                if (first..=last).contains(&index) {
+                    // Widened above for the largest count: no truncation.
+                    v[(index - first) as usize] = count as _;
+                }
             }
         });
         store
@@ -174,9 +186,10 @@ impl BucketStore {
     /// changed: a delta taken against this store as the state of the
     /// previous take, without building a second store. A run inside the
     /// store's range (the steady state) costs one pass reading `now` once
-    /// per slot. Slots where `now` is 0 leave the store alone. A count below
-    /// the stored one (a cell that wrapped past `u64::MAX`) is reported by
-    /// wrapping subtraction, as counter deltas are.
+    /// per slot. Cells only grow, so a slot where `now` is 0 was 0 before
+    /// (outside the range it is not looked at). A count below the stored
+    /// one (a cell that wrapped past `u64::MAX`) is reported by wrapping
+    /// subtraction, as counter deltas are.
     // One body serves every width: for `u64` counts the conversions are
     // no-ops.
     #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
@@ -523,6 +536,13 @@ mod tests {
         let s = BucketStore::from_sparse(&[(-4, 3), (9, 255)]);
         assert!(matches!(s.counts, Counts::U8(_)));
         assert_eq!((s.offset(), s.len(), s.get(-4), s.get(0), s.get(9)), (-4, 14, 3, 0, 255));
+        // Any order, repeats and zeros: what `add` alone builds.
+        let mut added = BucketStore::default();
+        for (i, c) in [(9, 1), (-2, 4), (9, 300), (0, 0)] {
+            added.add(i, c);
+        }
+        assert_eq!(BucketStore::from_sparse(&[(9, 1), (-2, 4), (9, 300), (0, 0)]), added);
+        assert_eq!(BucketStore::from_sparse(&[(1, 0), (3, 5), (6, 0)]), BucketStore::from_sparse(&[(3, 5)]));
         let s = BucketStore::from_sparse(&[(7, u32::MAX as u64 + 1)]);
         assert!(matches!(s.counts, Counts::U64(_)));
         assert_eq!(s.total(), u32::MAX as u64 + 1);

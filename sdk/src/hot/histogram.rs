@@ -509,6 +509,46 @@ mod tests {
     }
 
     #[test]
+    fn takes_racing_records_send_every_sample_once() {
+        // Takes run while three threads record into fresh directories,
+        // pages and wider counts; whatever a take misses the next one sends.
+        let cells = HistogramCells::new(6);
+        let (mut taken, mut scratch) = (Taken::default(), TakeScratch::default());
+        let mut sent = Sketch::with_scale(6);
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..3u32 {
+                let (cells, done) = (&cells, &done);
+                s.spawn(move || {
+                    for i in 0..60_000u32 {
+                        // Spread over 12 decades and both signs, then
+                        // hammer one bucket past the u8 width (45,000 in all).
+                        let v = if i % 4 == 0 { 0.5 } else { 10f64.powi((i % 12) as i32 - 6) * f64::from(1 + t) };
+                        cells.record(if i % 7 == 0 { -v } else { v }, 1).unwrap();
+                    }
+                    done.fetch_add(1, Relaxed);
+                });
+            }
+            let mut takes = 0;
+            while done.load(Relaxed) < 3 || takes < 5 {
+                if let Some(delta) = cells.take_delta(&mut taken, &mut scratch) {
+                    sent.merge(&delta);
+                }
+                takes += 1;
+            }
+        });
+        if let Some(delta) = cells.take_delta(&mut taken, &mut scratch) {
+            sent.merge(&delta);
+        }
+        let all = cells.read();
+        assert_eq!(all.count(), 180_000);
+        assert_eq!(
+            (sent.positive(), sent.negative(), sent.zero_count(), sent.count()),
+            (all.positive(), all.negative(), all.zero_count(), all.count())
+        );
+    }
+
+    #[test]
     fn deltas_reach_every_directory_at_every_scale() {
         // At the finest scale there are more directories than bits in the
         // take's mask; the last bit stands for all the high ones.

@@ -300,9 +300,58 @@ fn two_threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// The histogram records again in a loop whose index lives in a register
+/// (`iter_custom`), so the harness adds no store-to-load chain of its own
+/// (the `iter` closures above keep their index in memory, which every
+/// record then waits on): the ratio against hdrhistogram without the
+/// harness's share diluting it. Also the floor of shoal's bucket mapping:
+/// `Mapping::index` into a flat, unshared `u64` array, hdrhistogram's own
+/// shape, which tells the mapping's cost from the cells'. `std::hint::black_box`
+/// here: criterion's own `black_box` is a volatile stack round trip.
+fn tight_loop(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tight_loop");
+    let vals = values();
+    let ints: Vec<u64> = vals.iter().map(|v| (v * 1e9) as u64).collect();
+    let mut hdr = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3).unwrap();
+    g.bench_function("hdrhistogram_record", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for k in 0..iters {
+                hdr.record(std::hint::black_box(ints[(k & 1023) as usize])).unwrap();
+            }
+            start.elapsed()
+        })
+    });
+    let shoal = shoal::Shoal::builder().build().unwrap();
+    let hist = shoal.histogram("h", &[]);
+    g.bench_function("shoal_histogram_record", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for k in 0..iters {
+                hist.record(std::hint::black_box(vals[(k & 1023) as usize]));
+            }
+            start.elapsed()
+        })
+    });
+    let mapping = shoal_core::sketch::mapping_for(6);
+    let mut flat = vec![0u64; 1 << 12];
+    g.bench_function("floor_mapping_into_flat_array", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for k in 0..iters {
+                // The 1,024 values span 4 decades: 850 buckets at scale 6.
+                let index = mapping.index(std::hint::black_box(vals[(k & 1023) as usize]));
+                flat[(index & 4095) as usize] += 1;
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(30)
 }
 
-criterion_group! { name = benches; config = config(); targets = baselines, shoal_single_thread, facade_floor, peers, two_threads }
+criterion_group! { name = benches; config = config(); targets = baselines, shoal_single_thread, facade_floor, peers, two_threads, tight_loop }
 criterion_main!(benches);

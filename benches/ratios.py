@@ -30,6 +30,7 @@ rows = [
     ("two_threads_one_series", "atomic_fetch_add"), ("two_threads_one_series", "shoal_counter"),
     ("two_threads_one_series", "shoal_histogram"), ("two_threads_one_series", "metrics_exporter_prometheus_counter"),
     ("one_thread_same_harness", "shoal_counter"), ("one_thread_same_harness", "shoal_histogram"),
+    ("tight_loop", "hdrhistogram_record"), ("tight_loop", "shoal_histogram_record"), ("tight_loop", "floor_mapping_into_flat_array"),
 ]
 print("| group | operation | ns/op |\n|---|---|---|")
 for g, b in rows:
@@ -47,6 +48,8 @@ print("\n| goal | measured ratio | target |\n|---|---|---|")
 ratio("counter handle / shared fetch_add (2 threads)", ("shoal", "counter_facade_handle"), ("two_threads_one_series", "atomic_fetch_add"), "<= 0.5")
 ratio("counter handle / fetch_add (1 thread)", ("shoal", "counter_facade_handle"), ("baseline", "atomic_fetch_add"), "<= 0.5")
 ratio("histogram record / hdrhistogram record", ("shoal", "histogram_facade_record"), ("baseline", "hdrhistogram_record"), "<= 1.0")
+ratio("histogram record / hdrhistogram record, tight loop", ("tight_loop", "shoal_histogram_record"), ("tight_loop", "hdrhistogram_record"), "<= 1.0")
+ratio("floor: shoal's mapping into a flat array / hdrhistogram, tight loop", ("tight_loop", "floor_mapping_into_flat_array"), ("tight_loop", "hdrhistogram_record"), "(the cells' share is the rest)")
 ratio("2 threads one series / 1 thread (counter)", ("two_threads_one_series", "shoal_counter"), ("one_thread_same_harness", "shoal_counter"), "<= 1.2")
 ratio("2 threads one series / 1 thread (histogram)", ("two_threads_one_series", "shoal_histogram"), ("one_thread_same_harness", "shoal_histogram"), "<= 1.2")
 ratio("counter! path / metrics-exporter-prometheus counter! path", ("shoal", "counter_macro"), ("metrics_exporter_prometheus", "counter_macro"), "<= 0.25")

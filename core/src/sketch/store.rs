@@ -549,6 +549,23 @@ mod tests {
     }
 
     #[test]
+    fn advance_reports_a_wrapped_cell_by_wrapping_subtraction() {
+        // A cell that passed u64::MAX reads lower than before: what rose is
+        // the wrapping difference, as counter deltas are, not the raw count.
+        let mut taken = BucketStore::default();
+        let mut rose = Vec::new();
+        taken.advance(10, 3, |k| [0, u64::MAX - 1, 7][k], |i, by| rose.push((i, by)));
+        assert_eq!(rose, vec![(11, u64::MAX - 1), (12, 7)]);
+        rose.clear();
+        taken.advance(10, 3, |k| [0, 3, 7][k], |i, by| rose.push((i, by)));
+        assert_eq!(rose, vec![(11, 5)], "MAX - 1 -> 3 is 5 more samples");
+        assert_eq!((taken.get(11), taken.get(12)), (3, 7), "the state follows the cell");
+        rose.clear();
+        taken.advance(10, 3, |k| [0, 3, 7][k], |i, by| rose.push((i, by)));
+        assert!(rose.is_empty(), "nothing new");
+    }
+
+    #[test]
     fn downscale_merges_neighbours() {
         let mut s = BucketStore::default();
         for i in -8..8 {

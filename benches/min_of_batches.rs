@@ -10,6 +10,7 @@
 //! record for each (minimum over the batches) and the ratio, plus the
 //! median of the per-batch ratios.
 
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -21,13 +22,7 @@ fn main() {
     // `SHUFFLE=1`: the same values in a fixed random order, so consecutive
     // records rarely share a bucket page (for shortcuts that bet they do).
     if std::env::var_os("SHUFFLE").is_some() {
-        let mut x = 12345u64;
-        for i in (1..values.len()).rev() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            values.swap(i, (x % (i as u64 + 1)) as usize);
-        }
+        values.shuffle(&mut StdRng::seed_from_u64(7));
     }
     let ints: Vec<u64> = values.iter().map(|v| (v * 1e9) as u64).collect();
     let shoal = shoal::Shoal::builder().build().unwrap();
